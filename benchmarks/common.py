@@ -1,0 +1,95 @@
+"""Helpers shared by the benchmark scripts: building artifacts, interleaved timing, results.
+
+Every figure a script records is produced by the run that writes it; results carry the host's
+CPU features and library versions, since an INT8 figure means nothing without them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmedge.hardware import cpu_summary
+from mmedge.rundir import atomic_write_json, atomic_write_text, versions
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = Path(__file__).resolve().parent / "results"
+RECIPES = {
+    "reference": ROOT / "recipes" / "reference.yaml",
+    "reference-large": ROOT / "recipes" / "reference-large.yaml",
+}
+
+
+def build(
+    recipe_name: str, precision: str, out: Path, overrides: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    from mmedge.pipeline import build_artifact
+    from mmedge.recipe import load_recipe
+
+    recipe = load_recipe(RECIPES[recipe_name], overrides)
+    return build_artifact(recipe, "onnxruntime", precision, out, force=True)
+
+
+def interleaved(calls: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """Run each call once per round, in turn, so drifts in machine load hit all of them alike.
+
+    Odd rounds run the calls in reverse order, so going first (warmer or colder caches, a
+    neighbour's burst) favours no one.
+    """
+    found: dict[str, list[float]] = {name: [] for name in calls}
+    names = list(calls)
+    for k in range(rounds):
+        for name in names if k % 2 == 0 else names[::-1]:
+            found[name].append(calls[name]())
+    return found
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of the ratio of two figures measured back to back in each round.
+
+    This machine's load changes between rounds (p50s flip between modes ~1.7x apart when a
+    neighbour is busy), so medians taken per side can land on different modes; a ratio within a
+    round compares the two under the same conditions.
+    """
+    return median([a / b for a, b in zip(numerator, denominator, strict=True)])
+
+
+def p50_ms(samples_ms: np.ndarray) -> float:
+    return float(np.percentile(samples_ms, 50))
+
+
+def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
+    RESULTS.mkdir(exist_ok=True)
+    meta = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": cpu_summary(),
+        "versions": versions(),
+    }
+    atomic_write_json(RESULTS / f"{name}.json", {"meta": meta, **data})
+    cpu = meta["host"]
+    header = (
+        f"<!-- written by benchmarks/{Path(sys.argv[0]).name}; do not edit -->\n"
+        f"Measured {meta['date']} on {cpu['name']} ({cpu['logical_cpus']} logical CPUs; "
+        f"{', '.join(cpu['features']) or 'no SIMD features found'}); "
+        f"onnxruntime {meta['versions'].get('onnxruntime', '-')}, "
+        f"torch {meta['versions'].get('torch', '-')}.\n\n"
+    )
+    atomic_write_text(RESULTS / f"{name}.md", header + markdown)
+    print(header + markdown)
+
+
+def table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

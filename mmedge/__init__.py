@@ -1,0 +1,5 @@
+"""mmedge: make trained multimodal fusion models run on edge devices."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""Calibration and eval sources: directories of ``.npz`` shards of named inputs, or synthetic.
+
+A shard holds one array per model input (same leading sample count) and, for labelled splits,
+a label array. Shards are read one at a time, so memory does not grow with the set's size, and
+``np.load(allow_pickle=False)`` keeps pickled objects out. See ``calibration/README.md``.
+Every consumer (quantizers of all targets, compare, bench) reads through ``DataSource``.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from mmedge.errors import InputSpecError
+from mmedge.inputs import Feeds, Point, batch_size, dummy_feeds, validate_feeds
+from mmedge.recipe import Recipe
+
+
+@dataclass(frozen=True)
+class Batch:
+    feeds: Feeds
+    labels: np.ndarray | None
+
+
+class DataSource(Protocol):
+    samples: int
+    label_key: str | None
+
+    def batches(self, batch: int) -> Iterator[Batch]: ...
+
+    def first(self, batch: int) -> Feeds: ...
+
+    def limited(self, samples: int) -> DataSource: ...
+
+    def describe(self) -> str: ...
+
+
+class SyntheticDataset:
+    """Seeded random inputs, cycling opt/min/max shapes so every dynamic axis's range is seen."""
+
+    label_key: str | None = None
+
+    def __init__(self, recipe: Recipe, samples: int, seed: int) -> None:
+        self.recipe = recipe
+        self.samples = samples
+        self.seed = seed
+
+    def batches(self, batch: int) -> Iterator[Batch]:
+        points: tuple[Point, ...] = ("opt", "min", "max")
+        for k, start in enumerate(range(0, self.samples, batch)):
+            n = min(batch, self.samples - start)
+            yield Batch(dummy_feeds(self.recipe, points[k % 3], batch=n, seed=self.seed + k), None)
+
+    def first(self, batch: int) -> Feeds:
+        return next(self.batches(batch)).feeds
+
+    def limited(self, samples: int) -> SyntheticDataset:
+        return SyntheticDataset(self.recipe, min(samples, self.samples), self.seed)
+
+    def describe(self) -> str:
+        return f"synthetic random inputs ({self.samples} samples, seed {self.seed})"
+
+
+class ShardDataset:
+    """A validated, streamable set of shards; ``limit`` caps the samples taken (in file order)."""
+
+    def __init__(
+        self, path: Path, recipe: Recipe, label_key: str | None = None, limit: int | None = None
+    ) -> None:
+        self.path = path
+        self.recipe = recipe
+        self.label_key = label_key
+        self.limit = limit
+        self.shards = _list_shards(path)
+        self.samples = self._validate()
+
+    def _read(self, shard: Path) -> tuple[Feeds, np.ndarray | None]:
+        where = f"{self.path.name}/{shard.name}"
+        try:
+            with np.load(shard, allow_pickle=False) as npz:
+                arrays = {k: npz[k] for k in npz.files}
+        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+            raise InputSpecError(f"cannot read shard {shard}: {err}") from None
+        labels = None
+        if self.label_key is not None:
+            if self.label_key not in arrays:
+                raise InputSpecError(
+                    f"{where}: label array '{self.label_key}' missing; shard has: {', '.join(arrays)}"
+                )
+            labels = arrays.pop(self.label_key)
+        validate_feeds(arrays, self.recipe, where)
+        if labels is not None:
+            _check_labels(labels, batch_size(arrays), where)
+        return arrays, labels
+
+    def _validate(self) -> int:
+        """One pass over every shard before any long step starts, so bad data fails fast."""
+        total = 0
+        for shard in self.shards:
+            feeds, _ = self._read(shard)
+            total += batch_size(feeds)
+            if self.limit is not None and total >= self.limit:
+                return self.limit
+        if total == 0:
+            raise InputSpecError(f"{self.path}: the data set holds zero samples")
+        return total
+
+    def batches(self, batch: int) -> Iterator[Batch]:
+        """Batches of at most ``batch`` samples; a batch never spans two shards (shapes differ)."""
+        left = self.samples
+        for shard in self.shards:
+            feeds, labels = self._read(shard)
+            n = min(batch_size(feeds), left)
+            for start in range(0, n, batch):
+                stop = min(start + batch, n)
+                yield Batch(
+                    {k: np.ascontiguousarray(v[start:stop]) for k, v in feeds.items()},
+                    None if labels is None else labels[start:stop],
+                )
+            left -= n
+            if left <= 0:
+                return
+
+    def first(self, batch: int) -> Feeds:
+        return next(self.batches(batch)).feeds
+
+    def limited(self, samples: int) -> ShardDataset:
+        return ShardDataset(self.path, self.recipe, self.label_key, min(samples, self.samples))
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.samples} samples)"
+
+
+def _list_shards(path: Path) -> list[Path]:
+    if not path.exists():
+        raise InputSpecError(f"data path not found: {path}")
+    if path.is_file():
+        if path.suffix != ".npz":
+            raise InputSpecError(f"{path}: expected a directory of .npz shards or one .npz file")
+        return [path]
+    shards = sorted(path.glob("*.npz"))
+    if not shards:
+        raise InputSpecError(f"{path}: no .npz shards found (the data set holds zero samples)")
+    return shards
+
+
+def _check_labels(labels: np.ndarray, n: int, where: str) -> None:
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise InputSpecError(f"{where}: labels have shape {list(labels.shape)}, expected [{n}]")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise InputSpecError(f"{where}: labels have dtype {labels.dtype}, expected an integer type")
+
+
+def open_calibration(recipe: Recipe) -> DataSource:
+    cfg = recipe.calibration
+    if cfg is None:
+        raise InputSpecError(
+            "this step needs calibration data: add a 'calibration: {path: ...}' section to the "
+            "recipe or pass --calib PATH"
+        )
+    if cfg.synthetic is not None:
+        return SyntheticDataset(recipe, cfg.samples or cfg.synthetic.samples, cfg.synthetic.seed)
+    assert cfg.path is not None  # the schema requires one of the two
+    return ShardDataset(cfg.path, recipe, limit=cfg.samples)
+
+
+def open_eval(recipe: Recipe) -> ShardDataset | None:
+    if recipe.eval is None:
+        return None
+    return ShardDataset(recipe.eval.path, recipe, recipe.eval.label_key, recipe.eval.samples)

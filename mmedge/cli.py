@@ -1,0 +1,263 @@
+"""The ``mmedge`` command: parse, call the library, render. No logic lives here.
+
+User errors (``MmedgeError``) are caught in one place, ``_handled``, and printed without a
+traceback with their exit code; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+import typer
+
+from mmedge import __version__, console
+from mmedge.errors import EXIT_CODES, INTERRUPTED_EXIT_CODE, MmedgeError
+
+if TYPE_CHECKING:
+    from mmedge.recipe import Recipe
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_EPILOG = "Exit codes: " + "; ".join(f"{code} {text}" for code, text in EXIT_CODES.items())
+
+app = typer.Typer(
+    name="mmedge",
+    help="Prune, quantize, export and benchmark multimodal fusion models for edge targets.",
+    epilog=_EPILOG,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class TargetName(str, Enum):
+    onnxruntime = "onnxruntime"
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    int8 = "int8"
+
+
+class Method(str, Enum):
+    minmax = "minmax"
+    entropy = "entropy"
+    percentile = "percentile"
+
+
+class QuantMode(str, Enum):
+    static = "static"
+    dynamic = "dynamic"
+
+
+class ShapePoint(str, Enum):
+    min = "min"
+    opt = "opt"
+    max = "max"
+
+
+def _handled(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn user errors and Ctrl-C into a message and an exit code, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except MmedgeError as exc:
+            console.error(exc)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            console.err.print("[bold red]interrupted:[/] nothing half-written was left behind")
+            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.out.print(f"mmedge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Prune, quantize, export and benchmark multimodal fusion models for edge targets."""
+
+
+RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
+ArtifactArg = typer.Argument(..., help="An artifact directory made by export or quantize.")
+JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout only.")
+
+
+def _load(recipe: Path, overrides: dict[str, Any]) -> Recipe:
+    from mmedge.recipe import load_recipe
+
+    return load_recipe(recipe, overrides)
+
+
+def _default_out(recipe: Recipe, target: str, precision: str) -> Path:
+    return Path("runs") / recipe.name / f"{target}-{precision}"
+
+
+def _quant_overrides(
+    calib: Path | None,
+    samples: int | None,
+    method: Method | None,
+    mode: QuantMode | None,
+    keep_fp32: list[str] | None,
+    exporter: str | None,
+) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if calib is not None:
+        found["calibration.path"] = str(calib.expanduser().resolve())
+        found["calibration.synthetic"] = None
+    if samples is not None:
+        found["calibration.samples"] = samples
+    if method is not None:
+        found["quantization.method"] = method.value
+    if mode is not None:
+        found["quantization.mode"] = mode.value
+    if keep_fp32:
+        found["quantization.keep_fp32"] = keep_fp32
+    if exporter is not None:
+        found["export.exporter"] = exporter
+    return found
+
+
+def _build(
+    recipe_path: Path,
+    target: str,
+    precision: str,
+    out: Path | None,
+    force: bool,
+    overrides: dict[str, Any],
+    as_json: bool,
+) -> None:
+    from mmedge.pipeline import build_artifact
+
+    recipe = _load(recipe_path, overrides)
+    out = out or _default_out(recipe, target, precision)
+    with console.status(not as_json) as progress:
+        manifest = build_artifact(recipe, target, precision, out, force, progress)
+    if as_json:
+        console.print_json({"directory": str(out), **manifest})
+    else:
+        console.manifest(manifest, str(out))
+
+
+@app.command()
+@_handled
+def inspect(recipe: Path = RecipeArg, as_json: bool = JsonOpt) -> None:
+    """Inputs, dynamic axes, branches, and parameters and MACs per branch."""
+    from mmedge.pipeline import inspect_recipe
+
+    data = inspect_recipe(_load(recipe, {}))
+    console.print_json(data) if as_json else console.inspect(data)
+
+
+@app.command()
+@_handled
+def export(
+    recipe: Path = RecipeArg,
+    target: TargetName = typer.Option(TargetName.onnxruntime, "--target", "-t"),
+    precision: Precision = typer.Option(Precision.fp32, "--precision", "-p"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/TARGET-PRECISION]"
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a different artifact at --out."),
+    exporter: str | None = typer.Option(None, help="torchscript or dynamo (overrides the recipe)."),
+    calib: Path | None = typer.Option(None, help="Calibration shards (int8)."),
+    keep_fp32: list[str] | None = typer.Option(
+        None, "--keep-fp32", help="Branch to leave in floating point (repeatable)."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export the recipe's model for a target at a precision."""
+    overrides = _quant_overrides(calib, None, None, None, keep_fp32, exporter)
+    _build(recipe, target.value, precision.value, out, force, overrides, as_json)
+
+
+@app.command()
+@_handled
+def quantize(
+    recipe: Path = RecipeArg,
+    target: TargetName = typer.Option(TargetName.onnxruntime, "--target", "-t"),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/TARGET-int8]"
+    ),
+    calib: Path | None = typer.Option(None, help="Calibration shards (overrides the recipe)."),
+    samples: int | None = typer.Option(None, help="Use at most this many calibration samples."),
+    method: Method | None = typer.Option(None, help="Activation range method."),
+    mode: QuantMode | None = typer.Option(None, help="static (calibrated) or dynamic."),
+    keep_fp32: list[str] | None = typer.Option(
+        None, "--keep-fp32", help="Branch to leave in floating point (repeatable)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a different artifact at --out."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """INT8 post-training quantization with the recipe's calibration set."""
+    overrides = _quant_overrides(calib, samples, method, mode, keep_fp32, None)
+    _build(recipe, target.value, "int8", out, force, overrides, as_json)
+
+
+@app.command()
+@_handled
+def compare(
+    directory: Path = ArtifactArg,
+    reference: Path | None = typer.Option(
+        None, help="Another artifact directory to compare against [default: PyTorch FP32]."
+    ),
+    samples: int | None = typer.Option(None, min=1, help="Use at most this many samples."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails."""
+    from mmedge.pipeline import compare_artifact, enforce_gate
+
+    with console.status(not as_json) as progress:
+        progress("comparing")
+        report = compare_artifact(directory, reference, samples)
+    data = {**report.to_json(), "reference": str(reference or "pytorch-fp32")}
+    console.print_json(data) if as_json else console.compare(data)
+    enforce_gate(report, directory)
+
+
+@app.command()
+@_handled
+def bench(
+    directory: Path = ArtifactArg,
+    iterations: int | None = typer.Option(None, help="Timed iterations."),
+    warmup: int | None = typer.Option(None, help="Untimed warm-up iterations."),
+    duration: float | None = typer.Option(None, help="Time for this many seconds instead."),
+    batch: int | None = typer.Option(None, help="Batch size."),
+    threads: int | None = typer.Option(None, help="Intra-op threads."),
+    shape: ShapePoint | None = typer.Option(None, help="Dynamic axes at min, opt or max."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Latency percentiles, throughput and peak memory of an artifact on this machine."""
+    from mmedge.pipeline import bench_artifact
+
+    overrides = {
+        "iterations": iterations,
+        "warmup": warmup,
+        "duration_s": duration,
+        "batch": batch,
+        "threads": threads,
+        "shape": shape.value if shape else None,
+    }
+    with console.status(not as_json) as progress:
+        progress("benchmarking")
+        result = bench_artifact(directory, overrides).to_json()
+    console.print_json(result) if as_json else console.bench(result)
+
+
+def main() -> None:
+    app()

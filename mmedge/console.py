@@ -1,0 +1,191 @@
+"""The one place that renders for people: Rich tables, status lines and errors.
+
+Human-readable results go to stdout; status, progress and errors go to stderr, so ``--json``
+output on stdout stays clean for other tools.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from mmedge.errors import MmedgeError
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+def print_json(data: Any) -> None:
+    # Plain print: Rich would wrap long lines and add markup handling.
+    print(json.dumps(data, indent=2, default=str, allow_nan=True))
+
+
+def error(exc: MmedgeError) -> None:
+    # soft_wrap: no newlines inserted into messages, so they stay whole in logs and greps.
+    err.print(f"[bold red]error:[/] {escape(exc.message)}", soft_wrap=True)
+    if exc.hint:
+        err.print(f"[yellow]hint:[/] {escape(exc.hint)}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def status(enabled: bool = True) -> Iterator[Any]:
+    """A spinner whose message a long step updates; a no-op when disabled (e.g. --json)."""
+    if not enabled:
+        yield lambda _msg: None
+        return
+    with err.status("starting") as spinner:
+        yield lambda msg: spinner.update(escape(msg))
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            return str(value)
+        return f"{value:.{digits}g}" if abs(value) < 1e-3 and value else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 1e6:.2f} MB"
+
+
+def manifest(data: Mapping[str, Any], directory: str) -> None:
+    art = data["artifact"]
+    table = Table(title=f"{data['target']} {data['precision']} artifact", show_header=False)
+    table.add_row("directory", directory)
+    table.add_row("artifact", f"{art['path']} ({_mb(art['bytes'])})")
+    table.add_row("sha256", art["sha256"][:16] + "…")
+    steps = data.get("steps", {})
+    export = steps.get("export", {})
+    if "exporter" in export:
+        fallback = export.get("fallback_reason")
+        note = f" (fell back: {fallback})" if fallback else ""
+        table.add_row("exporter", f"{export['exporter']}, {export['seconds']} s{note}")
+    parity = steps.get("parity") or []
+    if parity:
+        worst = max(parity, key=lambda p: p["max_abs"] / max(p["tolerance"], 1e-30))
+        table.add_row(
+            "ONNX vs PyTorch",
+            f"max abs error {worst['max_abs']:.3g} ≤ {worst['tolerance']:.3g} "
+            f"({len(parity)} checks, worst at {worst['case']})",
+        )
+    build = steps.get("build", {})
+    for key in ("mode", "method", "calibration_samples", "excluded_nodes", "seconds"):
+        if build.get(key) is not None:
+            table.add_row(f"quantize {key}", _fmt(build[key]))
+    if build.get("kept_fp32_branches"):
+        table.add_row("kept in FP32", ", ".join(build["kept_fp32_branches"]))
+    if steps.get("calibration"):
+        table.add_row("calibration", steps["calibration"])
+    out.print(table)
+
+
+def compare(report: Mapping[str, Any]) -> None:
+    table = Table(title=f"compare vs {report['reference']} ({report['samples']} samples)")
+    for col in (
+        "output",
+        "cosine (mean)",
+        "cosine (min)",
+        "max abs",
+        "mean abs",
+        "SQNR dB",
+        "NaN/Inf",
+    ):
+        table.add_column(col, justify="right" if col != "output" else "left")
+    for name, m in report["outputs"].items():
+        table.add_row(
+            name,
+            _fmt(m["cosine"], 5),
+            _fmt(m["cosine_min"], 5),
+            _fmt(m["max_abs"]),
+            _fmt(m["mean_abs"]),
+            _fmt(m["sqnr_db"], 2),
+            str(m["nonfinite"]),
+        )
+    out.print(table)
+    if report["top1_agreement"] is not None:
+        out.print(f"top-1 agreement: {100 * report['top1_agreement']:.2f}%")
+    acc = report.get("accuracy")
+    if acc:
+        drop = acc["reference"] - acc["candidate"]
+        out.print(
+            f"accuracy: reference {acc['reference']:.2f}%, candidate {acc['candidate']:.2f}% "
+            f"(drop {drop:+.2f} points)"
+        )
+    if report["passed"]:
+        out.print("[bold green]gate passed[/]")
+    else:
+        out.print("[bold red]gate failed:[/]")
+        for failure in report["failures"]:
+            out.print(f"  - {escape(failure)}")
+
+
+def bench(result: Mapping[str, Any]) -> None:
+    lat = result["latency_ms"]
+    table = Table(
+        title=f"{result['target']} {result['precision']}: batch {result['batch']}, "
+        f"{result['threads']} threads, {result['iterations']} iterations"
+    )
+    for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput /s", "peak RSS MB"):
+        table.add_column(col, justify="right")
+    rss = result["peak_rss_mb"]
+    table.add_row(
+        f"{lat['p50']:.3f}",
+        f"{lat['p90']:.3f}",
+        f"{lat['p99']:.3f}",
+        f"{lat['mean']:.3f}",
+        f"{result['throughput_per_s']:.1f}",
+        "-" if rss is None else f"{rss:.0f}",
+    )
+    out.print(table)
+    shapes = ", ".join(f"{k} {v}" for k, v in result["shapes"].items())
+    out.print(f"inputs: {shapes}")
+    cpu = result["host"]
+    out.print(f"cpu: {cpu['name']} ({', '.join(cpu['features']) or 'no SIMD features found'})")
+    if result["precision"] == "int8" and not cpu["int8_dot_product"]:
+        out.print(
+            "[yellow]note:[/] this CPU has no INT8 dot-product instructions (VNNI/AMX/NEON dot): "
+            "INT8 shrinks the model here but often does not speed it up"
+        )
+
+
+def inspect(data: Mapping[str, Any]) -> None:
+    inputs = Table(title=f"recipe {data['name']}: inputs")
+    for col in ("input", "shape", "dtype", "modality", "opt shape"):
+        inputs.add_column(col)
+    for name, spec in data["inputs"].items():
+        inputs.add_row(
+            name, str(spec["shape"]), spec["dtype"], spec["modality"], str(spec["opt_shape"])
+        )
+    out.print(inputs)
+    axes = ", ".join(f"{n} [{a['min']}, {a['opt']}, {a['max']}]" for n, a in data["axes"].items())
+    out.print(f"dynamic axes (min, opt, max): {axes}")
+    branches = Table(title="branches (MACs at opt shapes, batch 1)")
+    for col in ("branch", "module prefixes", "parameters", "MMACs", "share of MACs"):
+        branches.add_column(
+            col, justify="left" if col in ("branch", "module prefixes") else "right"
+        )
+    total = data["stats"]["total"]["macs"]
+    for name, s in data["stats"].items():
+        prefixes = ", ".join(data["branches"].get(name, [])) or ("-" if name != "total" else "")
+        if name == "other" and not s["params"] and not s["macs"]:
+            continue
+        known = s["macs"] is not None and total
+        branches.add_row(
+            name,
+            prefixes,
+            f"{s['params']:,}",
+            f"{s['macs'] / 1e6:.2f}" if known else "-",
+            f"{100 * s['macs'] / total:.1f}%" if known else "-",
+        )
+    out.print(branches)
+    if total is None:
+        out.print("MACs need the PyTorch model; this recipe starts from an ONNX file.")

@@ -1,0 +1,103 @@
+"""Errors a user can cause, each with the exit code the CLI returns for it.
+
+Library code raises these and never prints or exits; `mmedge.cli` renders them in one place.
+Anything that is not an `MmedgeError` is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class MmedgeError(Exception):
+    """Base class: a message for the user plus an optional hint on what to do."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class RecipeError(MmedgeError):
+    """Malformed YAML, unknown or mistyped recipe fields (messages carry field paths)."""
+
+    exit_code = 3
+
+
+class InputSpecError(MmedgeError):
+    """Inputs or data (calibration, eval) that do not match the recipe's input specs."""
+
+    exit_code = 4
+
+
+class DependencyMissing(MmedgeError):
+    """An optional backend or library is not installed."""
+
+    exit_code = 5
+
+
+class TargetBuildError(MmedgeError):
+    """Export, quantization or a backend build failed."""
+
+    exit_code = 6
+
+
+class AccuracyError(MmedgeError):
+    """A comparison gate failed; the artifact is kept and the report says where."""
+
+    exit_code = 7
+
+
+class ModelLoadError(MmedgeError):
+    """The model, its factory or its weights could not be loaded."""
+
+    exit_code = 8
+
+
+class OutputExistsError(MmedgeError):
+    """The output directory already holds something else; refused unless --force."""
+
+    exit_code = 9
+
+
+class ArtifactError(MmedgeError):
+    """A directory given to compare/bench is not a finished mmedge artifact, or is corrupt."""
+
+    exit_code = 10
+
+
+# Ctrl-C: the shell convention (128 + SIGINT).
+INTERRUPTED_EXIT_CODE = 130
+
+EXIT_CODES: dict[int, str] = {
+    0: "success",
+    1: "internal error (a bug: please report it with the traceback)",
+    2: "usage error (unknown option, missing argument)",
+    RecipeError.exit_code: "recipe error (malformed YAML, unknown or invalid field)",
+    InputSpecError.exit_code: "input or data does not match the recipe's input specs",
+    DependencyMissing.exit_code: "an optional dependency is missing (the hint says what to install)",
+    TargetBuildError.exit_code: "export, quantization or backend build failed",
+    AccuracyError.exit_code: "comparison gate failed (artifact kept)",
+    ModelLoadError.exit_code: "model, factory or weights could not be loaded",
+    OutputExistsError.exit_code: "output directory holds a different artifact (use --force)",
+    ArtifactError.exit_code: "not a finished mmedge artifact directory, or a corrupt one",
+    INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C); nothing half-written is left",
+}
+
+
+def require(module: str, extra: str) -> None:
+    """Fail with an install hint when an optional dependency cannot be imported.
+
+    Importing (not just finding) also catches a broken install, e.g. missing native libraries.
+    """
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as err:
+        raise DependencyMissing(
+            f"the '{module}' package is required for this step but cannot be imported ({err})",
+            hint=f'pip install "mmedge[{extra}]"',
+        ) from None

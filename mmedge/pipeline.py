@@ -1,0 +1,281 @@
+"""Library entry points: build an artifact, compare it, bench it. The CLI only renders these."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from mmedge.bench import BenchResult, summarize, time_calls
+from mmedge.calibration import DataSource, open_calibration, open_eval
+from mmedge.compare import CompareReport, Runner, compare_runners, gate_failures
+from mmedge.errors import AccuracyError, DependencyMissing, InputSpecError, RecipeError
+from mmedge.inputs import dummy_feeds
+from mmedge.recipe import BenchConfig, Recipe, format_validation_error, parse_recipe
+from mmedge.rundir import (
+    atomic_write_json,
+    check_output_dir,
+    read_manifest,
+    staged_output,
+    verified_artifact,
+    write_manifest,
+)
+from mmedge.targets import Session, get_target
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def build_artifact(
+    recipe: Recipe,
+    target_name: str,
+    precision: str,
+    out: Path,
+    force: bool = False,
+    progress: Progress = _quiet,
+) -> dict[str, Any]:
+    """Export (or take the recipe's ONNX), check parity, build for the target; return the manifest."""
+    target = get_target(target_name)
+    probe = target.probe()
+    if not probe.installed:  # before any export work, not after it
+        raise DependencyMissing(f"the {target_name} backend is not installed", hint=probe.hint)
+    if precision not in target.precisions:
+        raise RecipeError(
+            f"target {target_name} has no precision {precision!r}; choose {target.precisions}"
+        )
+    identity = {
+        "target": target_name,
+        "precision": precision,
+        "recipe_sha256": recipe.artifact_sha256(),
+    }
+    check_output_dir(out, identity, force)
+    needs_calib = precision == "int8" and recipe.quantization.mode == "static"
+    calib = open_calibration(recipe) if needs_calib else None  # fails fast on bad data
+    # Parity after export also runs on one real batch when the recipe has data.
+    parity_data = calib or (open_calibration(recipe) if recipe.calibration else None)
+    with staged_output(out) as stage, tempfile.TemporaryDirectory(prefix="mmedge-") as tmp:
+        source, steps = _fp32_onnx(recipe, Path(tmp), parity_data, progress)
+        if calib is not None:
+            steps["calibration"] = calib.describe()
+        progress(f"building {target_name} {precision}")
+        result = target.build(source, recipe, precision, stage, calib)
+        steps["build"] = result.details
+        progress("writing manifest")
+        manifest = write_manifest(
+            stage,
+            result.artifact,
+            {
+                "identity": identity,
+                "target": target_name,
+                "precision": precision,
+                "recipe": recipe.model_dump(mode="json"),
+                "steps": steps,
+            },
+        )
+    return manifest
+
+
+def _fp32_onnx(
+    recipe: Recipe, tmp: Path, calib: DataSource | None, progress: Progress
+) -> tuple[Path, dict[str, Any]]:
+    """The FP32 ONNX every target starts from, with what was done to get it."""
+    src = recipe.model.path
+    if src is not None and src.suffix == ".onnx":
+        _check_onnx_source(src, recipe)
+        return src, {"export": {"source": str(src)}}
+    from mmedge.export import check_parity, export_onnx
+    from mmedge.model import load_torch_model
+
+    progress("loading PyTorch model")
+    model = load_torch_model(recipe)
+    out = tmp / "fp32.onnx"
+    progress(f"exporting ONNX ({recipe.export.exporter})")
+    exported = export_onnx(model, recipe, out)
+    progress("checking ONNX against PyTorch")
+    extra = calib.first(recipe.calibration.batch) if calib and recipe.calibration else None
+    parity = check_parity(model, out, recipe, extra)
+    export = {
+        "exporter": exported.exporter,
+        "seconds": round(exported.seconds, 3),
+        "fallback_reason": exported.fallback_reason,
+        "opset": recipe.export.opset,
+    }
+    return out, {"export": export, "parity": parity}
+
+
+def _check_onnx_source(path: Path, recipe: Recipe) -> None:
+    import onnx
+
+    from mmedge.errors import ModelLoadError
+
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception as err:
+        raise ModelLoadError(f"cannot read {path} as ONNX: {err}") from None
+    names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+    if sorted(names) != sorted(recipe.inputs):
+        raise InputSpecError(
+            f"{path.name} has inputs {names}, recipe declares {list(recipe.inputs)}"
+        )
+
+
+def open_artifact(directory: Path) -> tuple[dict[str, Any], Recipe, Path]:
+    manifest = read_manifest(directory)
+    artifact = verified_artifact(directory, manifest)
+    return manifest, parse_recipe(manifest["recipe"], f"{directory}/manifest.json recipe"), artifact
+
+
+def _load_session(
+    manifest: dict[str, Any], recipe: Recipe, artifact: Path, threads: int
+) -> Session:
+    return get_target(manifest["target"]).load(artifact, recipe, threads)
+
+
+def reference_runner(recipe: Recipe, reference_dir: Path | None, threads: int) -> Runner:
+    """Another artifact, the recipe's source ONNX, or the PyTorch FP32 model."""
+    if reference_dir is not None:
+        manifest, ref_recipe, artifact = open_artifact(reference_dir)
+        return _load_session(manifest, ref_recipe, artifact, threads).run
+    src = recipe.model.path
+    if src is not None and src.suffix == ".onnx":
+        from mmedge.targets.onnxruntime import OrtSession
+
+        return OrtSession(src, threads).run
+    from mmedge.model import load_torch_model, torch_runner
+
+    try:
+        model = load_torch_model(recipe)
+    except DependencyMissing as err:
+        raise DependencyMissing(
+            f"{err.message}; the default reference is the PyTorch FP32 model",
+            hint=f"{err.hint}, or compare against an FP32 artifact: --reference DIR",
+        ) from None
+    return torch_runner(model, recipe.outputs)  # type: ignore[no-any-return]
+
+
+def compare_data(recipe: Recipe, samples: int | None = None) -> DataSource:
+    """The eval split (so accuracy is measured) or else the calibration source."""
+    data: DataSource | None = open_eval(recipe)
+    if data is None and recipe.calibration is not None:
+        data = open_calibration(recipe)
+    if data is None:
+        raise InputSpecError(
+            "compare needs data: add an 'eval' (labelled) or 'calibration' section to the recipe"
+        )
+    return data.limited(samples) if samples is not None else data
+
+
+def compare_artifact(
+    directory: Path, reference_dir: Path | None = None, samples: int | None = None
+) -> CompareReport:
+    """Compare with the reference on the recipe's data; save compare.json beside the artifact."""
+    manifest, recipe, artifact = open_artifact(directory)
+    data = compare_data(recipe, samples)
+    threads = recipe.bench.threads
+    reference = reference_runner(recipe, reference_dir, threads)
+    candidate = _load_session(manifest, recipe, artifact, threads)
+    batch = recipe.eval.batch if recipe.eval else 16
+    score = recipe.eval.output if recipe.eval else None
+    try:
+        report = compare_runners(reference, candidate.run, data, batch, score)
+    finally:
+        candidate.close()
+    report.failures = gate_failures(report, recipe.compare)
+    record = {
+        **report.to_json(),
+        "reference": str(reference_dir or "pytorch-fp32"),
+        "data": data.describe(),
+    }
+    atomic_write_json(directory / "compare.json", record)
+    return report
+
+
+def enforce_gate(report: CompareReport, directory: Path) -> None:
+    if not report.passed:
+        raise AccuracyError(
+            "comparison gate failed:\n  " + "\n  ".join(report.failures),
+            hint=f"the artifact is kept; details in {directory / 'compare.json'}",
+        )
+
+
+def bench_settings(recipe: Recipe, overrides: dict[str, Any]) -> BenchConfig:
+    merged = {**recipe.bench.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+    try:
+        cfg = BenchConfig.model_validate(merged)
+    except ValidationError as err:
+        raise RecipeError(f"invalid bench settings:\n{format_validation_error(err)}") from None
+    limit = recipe.axes[recipe.batch_axis].max
+    if cfg.batch > limit:
+        raise RecipeError(
+            f"bench batch {cfg.batch} is above the recipe's batch axis max of {limit}",
+            hint=f"raise axes.{recipe.batch_axis}.max in the recipe and rebuild the artifact",
+        )
+    return cfg
+
+
+def bench_artifact(directory: Path, overrides: dict[str, Any] | None = None) -> BenchResult:
+    """Time the artifact on inputs at the configured shape point; save bench-*.json beside it.
+
+    Inputs are random at fixed shapes: these models' cost does not depend on values, and a
+    stated shape is what makes a figure comparable with benchmark_app or trtexec.
+    """
+    manifest, recipe, artifact = open_artifact(directory)
+    cfg = bench_settings(recipe, overrides or {})
+    feeds = dummy_feeds(recipe, cfg.shape, batch=cfg.batch)
+    session = _load_session(manifest, recipe, artifact, cfg.threads)
+    try:
+        samples = time_calls(lambda: session.run(feeds), cfg.warmup, cfg.iterations, cfg.duration_s)
+    finally:
+        session.close()
+    result = summarize(
+        samples,
+        target=manifest["target"],
+        precision=manifest["precision"],
+        batch=cfg.batch,
+        threads=cfg.threads,
+        shapes={k: list(v.shape) for k, v in feeds.items()},
+    )
+    name = f"bench-b{cfg.batch}-t{cfg.threads}-{cfg.shape}.json"
+    atomic_write_json(directory / name, result.to_json())
+    return result
+
+
+def inspect_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Inputs, axes, outputs and per-branch parameters and MACs (at opt shapes, batch 1)."""
+    from mmedge.stats import branch_stats, onnx_params_by_branch, stats_json
+
+    feeds = dummy_feeds(recipe, "opt", batch=1)
+    src = recipe.model.path
+    if src is not None and src.suffix == ".onnx":
+        import onnx
+
+        _check_onnx_source(src, recipe)
+        stats = onnx_params_by_branch(onnx.load(str(src)), recipe.branches)
+    else:
+        from mmedge.model import load_torch_model
+
+        stats = branch_stats(load_torch_model(recipe), feeds, recipe.branches)
+    return {
+        "name": recipe.name,
+        "inputs": {
+            n: {
+                "shape": spec.shape,
+                "dtype": spec.dtype,
+                "modality": spec.modality,
+                "opt_shape": list(feeds[n].shape),
+            }
+            for n, spec in recipe.inputs.items()
+        },
+        "axes": {n: a.model_dump() for n, a in recipe.axes.items()},
+        "outputs": recipe.outputs,
+        "branches": recipe.branches,
+        "stats": stats_json(stats),
+    }

@@ -1,0 +1,1 @@
+"""Quantization: backend quantizers fed by mmedge's calibration sources and branch policies."""

@@ -1,0 +1,395 @@
+"""The one typed recipe: a pydantic schema, YAML loading and CLI overrides.
+
+Unknown keys are errors (``extra="forbid"``) and every error names its field path: a typo in a
+recipe must never become a silent default. CLI flags are applied to the raw mapping *before*
+validation, so they go through exactly the same checks as the YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mmedge.errors import RecipeError
+
+Dtype = Literal["float32", "float16", "int64", "int32", "bool", "uint8"]
+Modality = Literal["image", "text", "audio", "tabular", "other"]
+PosInt = Annotated[int, Field(ge=1)]
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputSpec(_Strict):
+    """One named model input: shape entries are ints (static) or axis names (dynamic)."""
+
+    shape: list[int | str] = Field(min_length=1)
+    dtype: Dtype = "float32"
+    modality: Modality
+    # Value range [low, high) used only to make dummy inputs (e.g. token ids below vocab size).
+    range: tuple[float, float] | None = None
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int | str]) -> list[int | str]:
+        for dim in shape:
+            if isinstance(dim, int) and dim < 1:
+                raise ValueError(f"static dimension must be >= 1, got {dim}")
+            if isinstance(dim, str) and not _IDENT.match(dim):
+                raise ValueError(f"axis name must be an identifier, got {dim!r}")
+        return shape
+
+
+class AxisRange(_Strict):
+    """A named dynamic axis shared by every input that uses it."""
+
+    min: PosInt
+    opt: PosInt
+    max: PosInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AxisRange:
+        if not self.min <= self.opt <= self.max:
+            raise ValueError(f"need min <= opt <= max, got {self.min}, {self.opt}, {self.max}")
+        return self
+
+
+class ModelSource(_Strict):
+    """Where the model comes from: a factory (+ weights), a torch.export .pt2, or an .onnx."""
+
+    factory: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    weights: Path | None = None
+    path: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSource:
+        if (self.factory is None) == (self.path is None):
+            raise ValueError("give exactly one of 'factory' (package.module:function) or 'path'")
+        if self.factory is not None and not _FACTORY.match(self.factory):
+            raise ValueError(
+                f"factory must look like 'package.module:function', got {self.factory!r}"
+            )
+        if self.weights is not None:
+            if self.factory is None:
+                raise ValueError("'weights' goes with 'factory', not with 'path'")
+            if self.weights.suffix not in {".safetensors", ".pt", ".pth"}:
+                raise ValueError(
+                    f"weights must be .safetensors, .pt or .pth, got {self.weights.name!r}"
+                )
+        if self.path is not None and self.path.suffix not in {".pt2", ".onnx"}:
+            raise ValueError(
+                f"path must be a torch.export .pt2 or an .onnx, got {self.path.name!r}"
+            )
+        return self
+
+
+class SyntheticData(_Strict):
+    """Seeded random inputs cycling the min/opt/max shapes: for models without data (latency)."""
+
+    samples: PosInt = 32
+    seed: int = 0
+
+
+class CalibrationSource(_Strict):
+    """A directory of .npz shards of named inputs (see calibration/README.md), or synthetic."""
+
+    path: Path | None = None
+    synthetic: SyntheticData | None = None
+    samples: PosInt | None = None  # cap; None uses every sample
+    batch: PosInt = 8
+
+    @model_validator(mode="after")
+    def _one_source(self) -> CalibrationSource:
+        if (self.path is None) == (self.synthetic is None):
+            raise ValueError(
+                "give exactly one of 'path' (a directory of .npz shards) or 'synthetic'"
+            )
+        return self
+
+
+class EvalSource(_Strict):
+    """A labelled held-out split in the same shard format, plus which output holds class scores."""
+
+    path: Path
+    samples: PosInt | None = None
+    batch: PosInt = 16
+    label_key: str = "label"
+    output: str | None = None  # defaults to the first output
+
+
+class ExportConfig(_Strict):
+    exporter: Literal["torchscript", "dynamo"] = "torchscript"
+    fallback: bool = True  # try the other exporter when the chosen one fails
+    opset: Annotated[int, Field(ge=13, le=23)] = 18
+    atol: Annotated[float, Field(gt=0)] = 1e-4
+    rtol: Annotated[float, Field(ge=0)] = 1e-3
+
+
+# Op types ONNX Runtime's QDQ quantizer can handle that a recipe may name.
+QuantOp = Literal[
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Gather",
+    "Add",
+    "Mul",
+    "Softmax",
+    "LayerNormalization",
+    "Concat",
+    "Relu",
+    "Clip",
+    "Sigmoid",
+    "AveragePool",
+    "MaxPool",
+    "GlobalAveragePool",
+    "Resize",
+    "Transpose",
+    "Reshape",
+    "Split",
+    "Squeeze",
+    "Unsqueeze",
+    "InstanceNormalization",
+    "Where",
+    "Pad",
+]
+
+_WEIGHTED_OPS: tuple[QuantOp, ...] = ("Conv", "MatMul", "Gemm", "Gather")
+
+
+class QuantizationConfig(_Strict):
+    mode: Literal["static", "dynamic"] = "static"
+    method: Literal["minmax", "entropy", "percentile"] = "minmax"
+    percentile: Annotated[float, Field(gt=90, le=100)] = 99.999
+    per_channel: bool = True
+    activation_type: Literal["uint8", "int8"] = "uint8"
+    weight_type: Literal["int8", "uint8"] = "int8"
+    # Without VNNI, u8 x s8 products can saturate 16-bit accumulators; 7-bit weights avoid it.
+    reduce_range: bool = False
+    # Weighted ops only, by default. Measured on the reference model: ONNX Runtime's own default
+    # (every op it can quantize) also quantizes the attention-mask Add, whose range reaches -1e4,
+    # and LayerNorm: top-1 agreement 93.5% and a 3.7-point accuracy drop, all from the text
+    # branch. Conv/MatMul/Gemm/Gather: 99.8% agreement, no drop (benchmarks/results/).
+    # Gather quantizes embedding tables, the largest weights of text branches.
+    op_types: list[QuantOp] = Field(default_factory=lambda: list(_WEIGHTED_OPS), min_length=1)
+    keep_fp32: list[str] = Field(default_factory=list)  # branch names left in floating point
+    exclude_nodes: list[str] = Field(default_factory=list)  # raw ONNX node names, advanced
+
+
+class OnnxRuntimeTarget(_Strict):
+    # The level baked into the saved FP32 artifact; "all" adds CPU-specific layouts, so the
+    # portable "extended" is the default. Sessions always run at "all".
+    graph_optimization: Literal["basic", "extended", "all"] = "extended"
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+
+
+class TargetsConfig(_Strict):
+    onnxruntime: OnnxRuntimeTarget = Field(default_factory=OnnxRuntimeTarget)
+
+
+class CompareGate(_Strict):
+    """Thresholds; a None threshold is not checked."""
+
+    min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = 0.99
+    max_accuracy_drop: Annotated[float, Field(ge=0)] | None = 1.0  # percentage points
+    min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = 0.98
+
+
+class BenchConfig(_Strict):
+    warmup: Annotated[int, Field(ge=0)] = 20
+    iterations: PosInt = 200
+    duration_s: Annotated[float, Field(gt=0)] | None = None  # when set, replaces iterations
+    batch: PosInt = 1
+    threads: PosInt = 2
+    # Which point of the dynamic axes' (min, opt, max) the inputs take; the batch axis is 'batch'.
+    shape: Literal["min", "opt", "max"] = "opt"
+
+
+class Recipe(_Strict):
+    name: str = Field(min_length=1)
+    description: str = ""
+    model: ModelSource
+    inputs: dict[str, InputSpec] = Field(min_length=1)
+    axes: dict[str, AxisRange] = Field(default_factory=dict)
+    outputs: list[str] = Field(min_length=1)
+    branches: dict[str, list[str]] = Field(default_factory=dict)
+    calibration: CalibrationSource | None = None
+    eval: EvalSource | None = None
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
+    targets: TargetsConfig = Field(default_factory=TargetsConfig)
+    compare: CompareGate = Field(default_factory=CompareGate)
+    bench: BenchConfig = Field(default_factory=BenchConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        _check_axes(self)
+        _check_branches(self)
+        _check_batches(self)
+        if self.eval is not None and self.eval.output not in (None, *self.outputs):
+            raise ValueError(
+                f"eval.output {self.eval.output!r} is not one of outputs {self.outputs}"
+            )
+        return self
+
+    @property
+    def batch_axis(self) -> str:
+        """The axis every input shares as its first dimension."""
+        first = next(iter(self.inputs.values())).shape[0]
+        return str(first)
+
+    def artifact_sha256(self) -> str:
+        """Hash of the fields that shape an artifact: what makes two artifacts 'the same'.
+
+        Compare gates, bench settings, eval data and names are left out: changing them does
+        not change what export or quantize would write.
+        """
+        fields = self.model_dump(mode="json", include=_ARTIFACT_FIELDS)
+        text = json.dumps(fields, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+
+_ARTIFACT_FIELDS = {
+    "model",
+    "inputs",
+    "axes",
+    "outputs",
+    "branches",
+    "calibration",
+    "export",
+    "quantization",
+    "targets",
+}
+
+
+def _check_axes(recipe: Recipe) -> None:
+    used: set[str] = set()
+    firsts: set[str | int] = set()
+    for name, spec in recipe.inputs.items():
+        firsts.add(spec.shape[0])
+        for dim in spec.shape:
+            if isinstance(dim, str):
+                if dim not in recipe.axes:
+                    raise ValueError(
+                        f"inputs.{name}.shape uses axis {dim!r}, which is not declared in 'axes' "
+                        f"(declared: {sorted(recipe.axes)})"
+                    )
+                used.add(dim)
+    unused = sorted(set(recipe.axes) - used)
+    if unused:
+        raise ValueError(f"axes {unused} are declared but no input uses them")
+    if len(firsts) != 1 or not isinstance(next(iter(firsts)), str):
+        raise ValueError(
+            "every input's first dimension must be the same named batch axis "
+            f"(e.g. 'batch'), got {sorted(map(str, firsts))}"
+        )
+
+
+def _check_batches(recipe: Recipe) -> None:
+    # A batch above the batch axis's max is outside what the artifact was built for (a
+    # TensorRT profile, an exported program's guards), even where a backend would accept it.
+    limit = recipe.axes[recipe.batch_axis].max
+    for section in ("calibration", "eval", "bench"):
+        block = getattr(recipe, section)
+        if block is not None and block.batch > limit:
+            raise ValueError(
+                f"{section}.batch is {block.batch}, above the batch axis "
+                f"'{recipe.batch_axis}' max of {limit}"
+            )
+
+
+def _check_branches(recipe: Recipe) -> None:
+    seen: dict[str, str] = {}
+    for branch, prefixes in recipe.branches.items():
+        if not _IDENT.match(branch):
+            raise ValueError(f"branch name must be an identifier, got {branch!r}")
+        if not prefixes:
+            raise ValueError(f"branches.{branch} needs at least one module-name prefix")
+        for prefix in prefixes:
+            if prefix in seen:
+                raise ValueError(
+                    f"module prefix {prefix!r} is in both {seen[prefix]!r} and {branch!r}"
+                )
+            seen[prefix] = branch
+    unknown = [b for b in recipe.quantization.keep_fp32 if b not in recipe.branches]
+    if unknown:
+        raise ValueError(
+            f"quantization.keep_fp32 names {unknown}, which are not declared branches "
+            f"(declared: {sorted(recipe.branches)})"
+        )
+
+
+# Path-valued fields, resolved relative to the recipe file so recipes work from any CWD.
+_PATH_FIELDS = (("model", "weights"), ("model", "path"), ("calibration", "path"), ("eval", "path"))
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    for section, key in _PATH_FIELDS:
+        block = raw.get(section)
+        if isinstance(block, dict) and isinstance(block.get(key), str):
+            path = Path(block[key]).expanduser()
+            block[key] = str(path if path.is_absolute() else (base / path).resolve())
+
+
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Set dotted keys (``quantization.method``) in the raw mapping, creating sections."""
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[leaf] = value
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(recipe)"
+        msg = item["msg"].removeprefix("Value error, ")
+        got = item.get("input")
+        shown = "" if isinstance(got, dict | list) or got is None else f" (got {got!r})"
+        lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_recipe(raw: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(raw, dict):
+        raise RecipeError(
+            f"{source}: expected a mapping at the top level, got {type(raw).__name__}"
+        )
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as err:
+        raise RecipeError(f"{source} is invalid:\n{format_validation_error(err)}") from None
+
+
+def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, resolve paths, apply CLI overrides (paths already absolute), validate.
+
+    An override whose value is None removes nothing and sets the field to null (e.g.
+    ``calibration.synthetic`` when ``--calib`` names a directory instead).
+    """
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{path} is not valid YAML:\n{err}") from None
+    if isinstance(raw, dict):
+        _resolve_paths(raw, path.resolve().parent)
+        apply_overrides(raw, overrides or {})
+    return parse_recipe(raw, str(path))

@@ -1,0 +1,1 @@
+"""The shipped reference fusion model, its data generator and its training code."""

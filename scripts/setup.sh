@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Create .venv (once) and install mmedge with every CPU backend and the dev tools into it.
+# torch is pinned to its CPU build through constraints-cpu.txt: a looser requirement can pull
+# several GB of CUDA packages. Sourced by demo.sh and test.sh; safe to run again.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+    || { echo "mmedge needs Python >= 3.10 (found $("$PYTHON" -V 2>&1))" >&2; exit 1; }
+  "$PYTHON" -m venv .venv
+fi
+# A stamp skips the resolver when nothing that decides the install has changed.
+stamp=.venv/.mmedge-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints-cpu.txt -nt "$stamp" ]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check \
+    -c constraints-cpu.txt -e ".[all,dev]"
+  touch "$stamp"
+fi

@@ -1,0 +1,117 @@
+"""Tiny fusion models built in code, for mechanics tests (each runs in milliseconds).
+
+The well-behaved one is the reference architecture at toy size; the others each break one rule
+a user's model can break.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mmedge.reference.model import FusionConfig, FusionNet
+
+TINY = FusionConfig(
+    classes=5,
+    embed_dim=8,
+    hidden=16,
+    image_channels=1,
+    image_stages=((4, 1), (8, 2)),
+    vocab=16,
+    max_len=16,
+    text_dim=8,
+    text_layers=1,
+    text_heads=2,
+    text_ff=16,
+    audio_mels=4,
+    audio_stages=((8, 3, 1), (8, 3, 2)),
+)
+
+
+def tiny_fusion(seed: int = 0) -> FusionNet:
+    torch.manual_seed(seed)
+    return FusionNet(TINY)
+
+
+def not_a_module() -> object:
+    return {"weights": [1, 2, 3]}
+
+
+def failing_factory() -> nn.Module:
+    raise RuntimeError("CUDA driver not found")
+
+
+class BakedFrames(FusionNet):
+    """Divides by the frame count as a Python number: tracing bakes the traced size in."""
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = super().forward(image, input_ids, attention_mask, audio)
+        frames = float(audio.shape[2])  # a Python float: a constant in a traced graph
+        return logits + audio.sum(dim=(1, 2))[:, None] / frames
+
+
+def baked_frames() -> FusionNet:
+    torch.manual_seed(0)
+    return BakedFrames(TINY)
+
+
+class Unexportable(FusionNet):
+    """Uses an operator that neither ONNX exporter can translate."""
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = super().forward(image, input_ids, attention_mask, audio)
+        square = image[:, 0, :4, :4] @ image[:, 0, :4, :4].transpose(-1, -2)
+        return logits + torch.linalg.eigvals(square).real.sum(dim=1, keepdim=True)
+
+
+def unexportable() -> FusionNet:
+    torch.manual_seed(0)
+    return Unexportable(TINY)
+
+
+class TwoInputs(nn.Module):
+    """Its forward takes (image, tokens): not the four inputs the tiny recipe declares."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(64, 5)
+
+    def forward(self, image: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.linear(image.flatten(1)) + tokens.float().mean()
+
+
+def two_inputs() -> nn.Module:
+    return TwoInputs()
+
+
+class DataDependentBranch(FusionNet):
+    """Python control flow on a tensor's value: torch.export refuses it, tracing takes one path."""
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = super().forward(image, input_ids, attention_mask, audio)
+        if audio.abs().max() > 1e6:  # never true for real inputs
+            return logits * 0
+        return logits
+
+
+def data_dependent_branch() -> FusionNet:
+    torch.manual_seed(0)
+    return DataDependentBranch(TINY)

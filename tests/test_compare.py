@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from mmedge.compare import (
+    CompareReport,
+    accuracy,
+    compare_runners,
+    cosine_per_sample,
+    gate_failures,
+    output_metrics,
+    sqnr_db,
+    top1_agreement,
+)
+from mmedge.recipe import CompareGate
+
+
+def test_cosine_known_values() -> None:
+    ref = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    cand = np.array([[0.0, 1.0], [2.0, 2.0], [0.0, 0.0], [1.0, 0.0]])
+    np.testing.assert_allclose(cosine_per_sample(ref, cand), [0.0, 1.0, 1.0, 0.0])
+
+
+def test_sqnr_known_values() -> None:
+    ref = np.ones(100)
+    assert sqnr_db(ref, ref) == math.inf
+    assert sqnr_db(ref, ref + 0.1) == pytest.approx(20.0)  # signal 1, noise 0.01 per element
+    assert sqnr_db(np.zeros(4), np.ones(4)) == -math.inf
+
+
+def test_output_metrics_count_nonfinite_without_propagating() -> None:
+    ref = np.ones((2, 3), np.float32)
+    cand = ref.copy()
+    cand[0, 0] = np.nan
+    cand[1, 2] = np.inf
+    m = output_metrics(ref, cand)
+    assert m.nonfinite == 2
+    assert np.isfinite(m.cosine) and np.isfinite(m.max_abs)
+    assert m.max_abs == pytest.approx(1.0)
+
+
+def test_output_metrics_over_chunks_of_different_shapes() -> None:
+    a, b = np.ones((2, 4)), np.ones((3, 6))
+    m = output_metrics([a, b], [a, b * 1.5])
+    assert m.cosine == pytest.approx(1.0)
+    assert m.max_abs == pytest.approx(0.5)
+    assert m.mean_abs == pytest.approx(0.5 * 18 / 26)
+    with pytest.raises(ValueError, match="shape mismatch"):
+        output_metrics([a], [b])
+
+
+def test_agreement_and_accuracy() -> None:
+    ref = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
+    cand = np.array([[0.8, 0.2], [0.6, 0.4], [0.7, 0.3], [0.1, 0.9]])
+    assert top1_agreement(ref, cand) == 0.75
+    assert accuracy(ref, np.array([0, 1, 1, 1])) == 75.0
+
+
+def _report(
+    cosine: float, agree: float, acc: tuple[float, float] | None, nonfinite: int = 0
+) -> CompareReport:
+    m = output_metrics(np.ones((2, 2)), np.ones((2, 2)))
+    m.cosine, m.nonfinite = cosine, nonfinite
+    accs = None if acc is None else {"reference": acc[0], "candidate": acc[1]}
+    return CompareReport({"logits": m}, agree, accs, samples=2)
+
+
+def test_gate() -> None:
+    gate = CompareGate(min_cosine=0.99, max_accuracy_drop=1.0, min_top1_agreement=0.98)
+    assert gate_failures(_report(0.999, 0.99, (90.0, 89.5)), gate) == []
+    fails = gate_failures(_report(0.95, 0.9, (90.0, 88.0), nonfinite=3), gate)
+    assert fails == [
+        "output 'logits' has 3 NaN/Inf values",
+        "output 'logits' cosine 0.95000 < min_cosine 0.99",
+        "top-1 agreement 0.9000 < min_top1_agreement 0.98",
+        "accuracy drop 2.00 points > max_accuracy_drop 1.0",
+    ]
+    open_gate = CompareGate(min_cosine=None, max_accuracy_drop=None, min_top1_agreement=None)
+    assert gate_failures(_report(0.1, 0.1, (90.0, 10.0)), open_gate) == []
+
+
+class _Fixed:
+    """A two-batch data source with labels."""
+
+    samples = 6
+    label_key = "label"
+
+    def batches(self, batch: int):  # type: ignore[no-untyped-def]
+        from mmedge.calibration import Batch
+
+        yield Batch({"x": np.eye(3, dtype=np.float32)}, np.array([0, 1, 2]))
+        yield Batch({"x": np.eye(3, dtype=np.float32)[::-1]}, np.array([2, 1, 0]))
+
+
+def test_compare_runners_accumulates_over_batches() -> None:
+    def reference(feeds):  # type: ignore[no-untyped-def]
+        return {"scores": feeds["x"] * 2}
+
+    def candidate(feeds):  # type: ignore[no-untyped-def]
+        out = feeds["x"] * 2
+        out[0] = out[0][::-1]  # the first sample of every batch is wrong
+        return {"scores": out}
+
+    report = compare_runners(reference, candidate, _Fixed(), batch=3, score_output=None)  # type: ignore[arg-type]
+    assert report.samples == 6
+    assert report.top1_agreement == pytest.approx(4 / 6)
+    assert report.accuracy == {"reference": 100.0, "candidate": pytest.approx(400 / 6)}

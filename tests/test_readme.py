@@ -1,0 +1,43 @@
+"""The README's promises: its commands run, its two set-up commands exist, CI calls the second."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mmedge.cli import app
+from tests.conftest import REPO
+
+README = (REPO / "README.md").read_text()
+
+
+def _sh_blocks() -> list[str]:
+    return re.findall(r"```sh\n(.*?)```", README, flags=re.DOTALL)
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_second() -> None:
+    first = _sh_blocks()[0].splitlines()
+    commands = [line.split("#")[0].strip() for line in first if line.strip()]
+    assert commands == ["./scripts/demo.sh", "./scripts/test.sh"]
+    for script in commands:
+        assert (REPO / script).stat().st_mode & 0o111, f"{script} is not executable"
+    assert "./scripts/test.sh" in (REPO / ".ci" / "run").read_text()
+
+
+@pytest.mark.slow
+def test_every_mmedge_command_in_the_readme_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lines = [line.strip() for block in _sh_blocks() for line in block.splitlines()]
+    commands = [shlex.split(line)[1:] for line in lines if line.startswith("mmedge ")]
+    assert len(commands) >= 6
+    (tmp_path / "recipes").symlink_to(REPO / "recipes")  # outputs land under tmp_path/runs
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    for args in commands:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
