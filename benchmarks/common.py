@@ -27,13 +27,17 @@ RECIPES = {
 
 
 def build(
-    recipe_name: str, precision: str, out: Path, overrides: dict[str, Any] | None = None
+    recipe_name: str,
+    precision: str,
+    out: Path,
+    overrides: dict[str, Any] | None = None,
+    target: str = "onnxruntime",
 ) -> dict[str, Any]:
     from mmedge.pipeline import build_artifact
     from mmedge.recipe import load_recipe
 
     recipe = load_recipe(RECIPES[recipe_name], overrides)
-    return build_artifact(recipe, "onnxruntime", precision, out, force=True)
+    return build_artifact(recipe, target, precision, out, force=True)
 
 
 def interleaved(calls: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:

@@ -28,9 +28,28 @@ def breakdown(path: Path) -> dict[str, Any]:
         "bytes": total,
         "weight_bytes": weights,
         "graph_bytes": total - weights,
-        "nodes": len(model.graph.node),
         "qdq_nodes": ops["QuantizeLinear"] + ops["DequantizeLinear"],
     }
+
+
+def ir_breakdown(directory: Path) -> dict[str, Any]:
+    """OpenVINO IR: weights live in model.bin, the graph in model.xml."""
+    weights = (directory / "model.bin").stat().st_size
+    graph = (directory / "model.xml").stat().st_size
+    return {"bytes": weights + graph, "weight_bytes": weights, "graph_bytes": graph}
+
+
+def _row(
+    recipe: str, target: str, precision: str, base: dict[str, Any], cur: dict[str, Any]
+) -> list[Any]:
+    total = base["bytes"]
+    return [
+        recipe,
+        f"{target} {precision}",
+        f"{cur['bytes'] / 1e6:.3f} ({100 * cur['bytes'] / total:.1f}%)",
+        f"{cur['weight_bytes'] / 1e6:.3f} ({100 * cur['weight_bytes'] / base['weight_bytes']:.1f}%)",
+        f"{cur['graph_bytes'] / 1e6:.3f} ({100 * cur['graph_bytes'] / total:.1f}%)",
+    ]
 
 
 def main() -> None:
@@ -38,39 +57,22 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for recipe in ("reference", "reference-large"):
-            sizes = {}
-            for precision in ("fp32", "int8"):
-                out = Path(tmp) / f"{recipe}-{precision}"
-                build(recipe, precision, out)
-                sizes[precision] = breakdown(out / "model.onnx")
-            results[recipe] = sizes
-            fp32, int8 = sizes["fp32"], sizes["int8"]
-            rows.append(
-                [
-                    recipe,
-                    f"{fp32['bytes'] / 1e6:.3f}",
-                    f"{int8['bytes'] / 1e6:.3f} ({100 * int8['bytes'] / fp32['bytes']:.1f}%)",
-                    f"{int8['weight_bytes'] / 1e6:.3f} ({100 * int8['weight_bytes'] / fp32['bytes']:.1f}%)",
-                    f"{int8['graph_bytes'] / 1e6:.3f} ({100 * int8['graph_bytes'] / fp32['bytes']:.1f}%)",
-                    int8["nodes"],
-                    int8["qdq_nodes"],
-                ]
-            )
+            for target, precisions, measure in (
+                ("onnxruntime", ("fp32", "int8"), lambda d: breakdown(d / "model.onnx")),
+                ("openvino", ("fp32", "fp16", "int8"), ir_breakdown),
+            ):
+                sizes = {}
+                for precision in precisions:
+                    out = Path(tmp) / f"{recipe}-{target}-{precision}"
+                    build(recipe, precision, out, target=target)
+                    sizes[precision] = measure(out)
+                results[f"{recipe}/{target}"] = sizes
+                rows += [_row(recipe, target, p, sizes["fp32"], sizes[p]) for p in precisions]
     markdown = (
-        "Artifact bytes split into weights (initializers) and the rest (graph structure: nodes, "
-        "tensor names, shapes). Percentages are of the FP32 artifact.\n\n"
-        + table(
-            [
-                "recipe",
-                "FP32 MB",
-                "INT8 MB",
-                "INT8 weights MB",
-                "INT8 graph MB",
-                "INT8 nodes",
-                "of which Q/DQ",
-            ],
-            rows,
-        )
+        "Artifact bytes split into weights (ONNX initializers; OpenVINO `model.bin`) and graph "
+        "structure (ONNX nodes, tensor names and shapes; OpenVINO `model.xml`). Total and graph: "
+        "% of the FP32 artifact's bytes; weights: % of the FP32 artifact's weights.\n\n"
+        + table(["recipe", "artifact", "total MB", "weights MB", "graph MB"], rows)
     )
     write_results("size_breakdown", {"results": results}, markdown)
 

@@ -86,41 +86,57 @@ def peak_rss_mb() -> float | None:
 class BenchResult:
     target: str
     precision: str
+    mode: str  # latency (one request at a time) or throughput (several in flight)
     batch: int
     threads: int
     iterations: int
+    # Latency mode: wall clock around one inference call (inputs bound once). Throughput mode:
+    # the runtime's own per-request measure (requests overlap; a caller's clock cannot split them).
     latency_ms: LatencyStats
-    throughput_per_s: float
+    latency_timer: str
+    runtime_latency_ms: LatencyStats | None  # the runtime's own measure, where it has one
+    throughput_per_s: float  # samples (not requests) per second
     peak_rss_mb: float | None
     shapes: dict[str, list[int]]  # the input shapes that were timed
+    settings: dict[str, object]  # what the backend actually ran with (device, precision...)
+    branch_ms: dict[str, float] | None  # per-layer times summed per branch, when profiled
     host: dict[str, object]
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["latency_ms"] = asdict(self.latency_ms)
-        return data
+        return asdict(self)
 
 
 def summarize(
     samples_ms: np.ndarray,
     *,
+    runtime_ms: np.ndarray | None = None,
+    total_s: float,
     target: str,
     precision: str,
+    mode: str,
     batch: int,
     threads: int,
     shapes: dict[str, list[int]],
+    settings: dict[str, object],
+    branch_ms: dict[str, float] | None = None,
 ) -> BenchResult:
+    """``total_s``: wall time of the timed part (in latency mode, the sum of the calls)."""
     from mmedge.hardware import cpu_summary
 
     return BenchResult(
         target=target,
         precision=precision,
+        mode=mode,
         batch=batch,
         threads=threads,
         iterations=int(samples_ms.size),
         latency_ms=latency_stats(samples_ms),
-        throughput_per_s=throughput(batch, float(np.sum(samples_ms)) / 1e3, int(samples_ms.size)),
+        latency_timer="runtime" if mode == "throughput" else "wall clock",
+        runtime_latency_ms=None if runtime_ms is None else latency_stats(runtime_ms),
+        throughput_per_s=throughput(batch, total_s, int(samples_ms.size)),
         peak_rss_mb=peak_rss_mb(),
         shapes=shapes,
+        settings=settings,
+        branch_ms=branch_ms,
         host=cpu_summary(),
     )

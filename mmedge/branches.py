@@ -9,17 +9,30 @@ step (quantizer exclusion lists, profilers, other backends' layer names) reads o
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 import onnx
 
 UNASSIGNED = "other"
 
 
+def scope_of_name(name: str) -> str:
+    """Dotted module path from a scoped name (``/text_encoder/layers.0/attn/MatMul``).
+
+    Runtimes keep those names for their layers, sometimes behind a prefix of their own (an
+    OpenVINO layout reorder is ``image_f32_abcd_bf16_acdb_/image_encoder/...``), so the scope
+    starts at the first '/'. A name without one has no scope ('').
+    """
+    start = name.find("/")
+    if start < 0:
+        return ""
+    return ".".join(p for p in name[start:].split("/")[1:-1] if p)
+
+
 def scope_of(node: onnx.NodeProto) -> str:
     """Dotted module path of the node (``text_encoder.layers.0.attn``), or '' at top level."""
     if node.name.startswith("/"):
-        parts = [p for p in node.name.split("/")[1:-1] if p]
-        return ".".join(parts)
+        return scope_of_name(node.name)
     for prop in node.metadata_props:
         if prop.key == "namespace":
             return _scope_from_namespace(prop.value)
@@ -48,6 +61,16 @@ def nodes_by_branch(model: onnx.ModelProto, branches: dict[str, list[str]]) -> d
     found: dict[str, list[str]] = {b: [] for b in [*branches, UNASSIGNED]}
     for node in model.graph.node:
         found[branch_of(scope_of(node), branches)].append(node.name)
+    return found
+
+
+def time_by_branch(
+    layer_ms: Mapping[str, float], branches: dict[str, list[str]]
+) -> dict[str, float]:
+    """Per-layer times (by runtime layer name) summed per branch; unscoped layers go to 'other'."""
+    found = dict.fromkeys([*branches, UNASSIGNED], 0.0)
+    for name, ms in layer_ms.items():
+        found[branch_of(scope_of_name(name), branches)] += ms
     return found
 
 

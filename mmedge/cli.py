@@ -37,11 +37,18 @@ app = typer.Typer(
 
 class TargetName(str, Enum):
     onnxruntime = "onnxruntime"
+    openvino = "openvino"
 
 
 class Precision(str, Enum):
     fp32 = "fp32"
+    fp16 = "fp16"
     int8 = "int8"
+
+
+class BenchMode(str, Enum):
+    latency = "latency"
+    throughput = "throughput"
 
 
 class Method(str, Enum):
@@ -96,6 +103,9 @@ def _root(
 RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
 ArtifactArg = typer.Argument(..., help="An artifact directory made by export or quantize.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout only.")
+DeviceOpt = typer.Option(
+    None, help="OpenVINO device (CPU, GPU, NPU, AUTO...) [default: the recipe's]."
+)
 
 
 def _load(recipe: Path, overrides: dict[str, Any]) -> Recipe:
@@ -205,6 +215,13 @@ def quantize(
     as_json: bool = JsonOpt,
 ) -> None:
     """INT8 post-training quantization with the recipe's calibration set."""
+    if target is TargetName.openvino and (method or mode):
+        from mmedge.errors import RecipeError
+
+        raise RecipeError(
+            "--method and --mode set ONNX Runtime's quantizer; OpenVINO quantizes with NNCF "
+            "(targets.openvino.nncf in the recipe)"
+        )
     overrides = _quant_overrides(calib, samples, method, mode, keep_fp32, None)
     _build(recipe, target.value, "int8", out, force, overrides, as_json)
 
@@ -217,6 +234,7 @@ def compare(
         None, help="Another artifact directory to compare against [default: PyTorch FP32]."
     ),
     samples: int | None = typer.Option(None, min=1, help="Use at most this many samples."),
+    device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails."""
@@ -224,7 +242,7 @@ def compare(
 
     with console.status(not as_json) as progress:
         progress("comparing")
-        report = compare_artifact(directory, reference, samples)
+        report = compare_artifact(directory, reference, samples, device)
     data = {**report.to_json(), "reference": str(reference or "pytorch-fp32")}
     console.print_json(data) if as_json else console.compare(data)
     enforce_gate(report, directory)
@@ -240,6 +258,13 @@ def bench(
     batch: int | None = typer.Option(None, help="Batch size."),
     threads: int | None = typer.Option(None, help="Intra-op threads."),
     shape: ShapePoint | None = typer.Option(None, help="Dynamic axes at min, opt or max."),
+    mode: BenchMode | None = typer.Option(
+        None, help="latency: one request at a time; throughput: several in flight (openvino)."
+    ),
+    profile: bool | None = typer.Option(
+        None, "--profile/--no-profile", help="Also time every layer and report time per branch."
+    ),
+    device: str | None = DeviceOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Latency percentiles, throughput and peak memory of an artifact on this machine."""
@@ -252,10 +277,12 @@ def bench(
         "batch": batch,
         "threads": threads,
         "shape": shape.value if shape else None,
+        "mode": mode.value if mode else None,
+        "profile": profile,
     }
     with console.status(not as_json) as progress:
         progress("benchmarking")
-        result = bench_artifact(directory, overrides).to_json()
+        result = bench_artifact(directory, overrides, device).to_json()
     console.print_json(result) if as_json else console.bench(result)
 
 

@@ -131,8 +131,8 @@ def compare(report: Mapping[str, Any]) -> None:
 def bench(result: Mapping[str, Any]) -> None:
     lat = result["latency_ms"]
     table = Table(
-        title=f"{result['target']} {result['precision']}: batch {result['batch']}, "
-        f"{result['threads']} threads, {result['iterations']} iterations"
+        title=f"{result['target']} {result['precision']}, {result['mode']} mode: batch "
+        f"{result['batch']}, {result['threads']} threads, {result['iterations']} requests"
     )
     for col in ("p50 ms", "p90 ms", "p99 ms", "mean ms", "throughput /s", "peak RSS MB"):
         table.add_column(col, justify="right")
@@ -146,8 +146,16 @@ def bench(result: Mapping[str, Any]) -> None:
         "-" if rss is None else f"{rss:.0f}",
     )
     out.print(table)
+    own = result.get("runtime_latency_ms")
+    timer = f"latency timer: {result['latency_timer']}"
+    if own and result["latency_timer"] != "runtime":
+        timer += f"; the runtime's own timer: p50 {own['p50']:.3f} ms, p99 {own['p99']:.3f} ms"
+    out.print(timer)
     shapes = ", ".join(f"{k} {v}" for k, v in result["shapes"].items())
     out.print(f"inputs: {shapes}")
+    out.print("ran with: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()))
+    if result.get("branch_ms"):
+        _branch_times(result["branch_ms"])
     cpu = result["host"]
     out.print(f"cpu: {cpu['name']} ({', '.join(cpu['features']) or 'no SIMD features found'})")
     if result["precision"] == "int8" and not cpu["int8_dot_product"]:
@@ -155,6 +163,16 @@ def bench(result: Mapping[str, Any]) -> None:
             "[yellow]note:[/] this CPU has no INT8 dot-product instructions (VNNI/AMX/NEON dot): "
             "INT8 shrinks the model here but often does not speed it up"
         )
+
+
+def _branch_times(branch_ms: Mapping[str, float]) -> None:
+    total = sum(branch_ms.values()) or 1.0
+    table = Table(title="time per branch (sum of per-layer medians, profiled separately)")
+    for col in ("branch", "ms", "share"):
+        table.add_column(col, justify="left" if col == "branch" else "right")
+    for name, ms in sorted(branch_ms.items(), key=lambda kv: -kv[1]):
+        table.add_row(name, f"{ms:.3f}", f"{100 * ms / total:.1f}%")
+    out.print(table)
 
 
 def inspect(data: Mapping[str, Any]) -> None:

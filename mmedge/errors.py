@@ -68,6 +68,12 @@ class ArtifactError(MmedgeError):
     exit_code = 10
 
 
+class DeviceUnavailable(MmedgeError):
+    """A requested device (an OpenVINO GPU or NPU, a CUDA GPU) is not present on this machine."""
+
+    exit_code = 11
+
+
 # Ctrl-C: the shell convention (128 + SIGINT).
 INTERRUPTED_EXIT_CODE = 130
 
@@ -83,6 +89,7 @@ EXIT_CODES: dict[int, str] = {
     ModelLoadError.exit_code: "model, factory or weights could not be loaded",
     OutputExistsError.exit_code: "output directory holds a different artifact (use --force)",
     ArtifactError.exit_code: "not a finished mmedge artifact directory, or a corrupt one",
+    DeviceUnavailable.exit_code: "a requested device is not available on this machine",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C); nothing half-written is left",
 }
 

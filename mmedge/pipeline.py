@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydantic import ValidationError
 
 from mmedge.bench import BenchResult, summarize, time_calls
+from mmedge.branches import time_by_branch
 from mmedge.calibration import DataSource, open_calibration, open_eval
 from mmedge.compare import CompareReport, Runner, compare_runners, gate_failures
 from mmedge.errors import AccuracyError, DependencyMissing, InputSpecError, RecipeError
@@ -23,7 +26,7 @@ from mmedge.rundir import (
     verified_artifact,
     write_manifest,
 )
-from mmedge.targets import Session, get_target
+from mmedge.targets import Session, SessionConfig, ThroughputSession, get_target
 
 Progress = Callable[[str], None]
 
@@ -55,7 +58,7 @@ def build_artifact(
         "recipe_sha256": recipe.artifact_sha256(),
     }
     check_output_dir(out, identity, force)
-    needs_calib = precision == "int8" and recipe.quantization.mode == "static"
+    needs_calib = target.needs_calibration(precision, recipe)
     calib = open_calibration(recipe) if needs_calib else None  # fails fast on bad data
     # Parity after export also runs on one real batch when the recipe has data.
     parity_data = calib or (open_calibration(recipe) if recipe.calibration else None)
@@ -69,7 +72,7 @@ def build_artifact(
         progress("writing manifest")
         manifest = write_manifest(
             stage,
-            result.artifact,
+            result.files,
             {
                 "identity": identity,
                 "target": target_name,
@@ -134,21 +137,22 @@ def open_artifact(directory: Path) -> tuple[dict[str, Any], Recipe, Path]:
 
 
 def _load_session(
-    manifest: dict[str, Any], recipe: Recipe, artifact: Path, threads: int
+    manifest: dict[str, Any], recipe: Recipe, artifact: Path, config: SessionConfig
 ) -> Session:
-    return get_target(manifest["target"]).load(artifact, recipe, threads)
+    target = get_target(manifest["target"])
+    return target.load(artifact, recipe, manifest["precision"], config)
 
 
-def reference_runner(recipe: Recipe, reference_dir: Path | None, threads: int) -> Runner:
+def reference_runner(recipe: Recipe, reference_dir: Path | None, config: SessionConfig) -> Runner:
     """Another artifact, the recipe's source ONNX, or the PyTorch FP32 model."""
     if reference_dir is not None:
         manifest, ref_recipe, artifact = open_artifact(reference_dir)
-        return _load_session(manifest, ref_recipe, artifact, threads).run
+        return _load_session(manifest, ref_recipe, artifact, config).run
     src = recipe.model.path
     if src is not None and src.suffix == ".onnx":
         from mmedge.targets.onnxruntime import OrtSession
 
-        return OrtSession(src, threads).run
+        return OrtSession(src, config.threads).run
     from mmedge.model import load_torch_model, torch_runner
 
     try:
@@ -174,14 +178,20 @@ def compare_data(recipe: Recipe, samples: int | None = None) -> DataSource:
 
 
 def compare_artifact(
-    directory: Path, reference_dir: Path | None = None, samples: int | None = None
+    directory: Path,
+    reference_dir: Path | None = None,
+    samples: int | None = None,
+    device: str | None = None,
 ) -> CompareReport:
-    """Compare with the reference on the recipe's data; save compare.json beside the artifact."""
+    """Compare with the reference on the recipe's data; save compare.json beside the artifact.
+
+    ``device`` applies to the candidate only; the reference runs where it runs by default.
+    """
     manifest, recipe, artifact = open_artifact(directory)
     data = compare_data(recipe, samples)
-    threads = recipe.bench.threads
-    reference = reference_runner(recipe, reference_dir, threads)
-    candidate = _load_session(manifest, recipe, artifact, threads)
+    config = SessionConfig(threads=recipe.bench.threads)
+    reference = reference_runner(recipe, reference_dir, config)
+    candidate = _load_session(manifest, recipe, artifact, replace(config, device=device))
     batch = recipe.eval.batch if recipe.eval else 16
     score = recipe.eval.output if recipe.eval else None
     try:
@@ -221,31 +231,88 @@ def bench_settings(recipe: Recipe, overrides: dict[str, Any]) -> BenchConfig:
     return cfg
 
 
-def bench_artifact(directory: Path, overrides: dict[str, Any] | None = None) -> BenchResult:
+def bench_artifact(
+    directory: Path, overrides: dict[str, Any] | None = None, device: str | None = None
+) -> BenchResult:
     """Time the artifact on inputs at the configured shape point; save bench-*.json beside it.
 
-    Inputs are random at fixed shapes: these models' cost does not depend on values, and a
-    stated shape is what makes a figure comparable with benchmark_app or trtexec.
+    Inputs are random at fixed shapes, and backends that can compile for static shapes do
+    (as benchmark_app and trtexec do): these models' cost does not depend on values, and a
+    stated shape is what makes a figure comparable with those tools.
     """
     manifest, recipe, artifact = open_artifact(directory)
     cfg = bench_settings(recipe, overrides or {})
     feeds = dummy_feeds(recipe, cfg.shape, batch=cfg.batch)
-    session = _load_session(manifest, recipe, artifact, cfg.threads)
+    shapes = {k: tuple(v.shape) for k, v in feeds.items()}
+    config = SessionConfig(cfg.threads, cfg.mode, device, static_shapes=shapes)
+    session = _load_session(manifest, recipe, artifact, config)
+    runtime: np.ndarray | None
     try:
-        samples = time_calls(lambda: session.run(feeds), cfg.warmup, cfg.iterations, cfg.duration_s)
+        if cfg.mode == "throughput":
+            if not isinstance(session, ThroughputSession):
+                raise RecipeError(
+                    f"{manifest['target']} has no throughput mode (several requests in flight); "
+                    "use --mode latency"
+                )
+            run = session.run_throughput(feeds, cfg.warmup, cfg.iterations, cfg.duration_s)
+            samples, total_s, requests = run.latencies_ms, run.total_s, run.requests
+            runtime = samples  # per-request latencies come from the runtime in this mode
+        else:
+            samples, runtime = _time_prepared(session.prepare(feeds), cfg)
+            total_s, requests = float(np.sum(samples)) / 1e3, 1
+        settings = {**session.settings(), "requests": requests}
     finally:
         session.close()
+    branch_ms = _branch_profile(manifest, recipe, artifact, config, feeds) if cfg.profile else None
     result = summarize(
         samples,
+        runtime_ms=runtime,
+        total_s=total_s,
         target=manifest["target"],
         precision=manifest["precision"],
+        mode=cfg.mode,
         batch=cfg.batch,
         threads=cfg.threads,
-        shapes={k: list(v.shape) for k, v in feeds.items()},
+        shapes={k: list(v) for k, v in shapes.items()},
+        settings=settings,
+        branch_ms=branch_ms,
     )
-    name = f"bench-b{cfg.batch}-t{cfg.threads}-{cfg.shape}.json"
+    name = f"bench-{cfg.mode}-b{cfg.batch}-t{cfg.threads}-{cfg.shape}.json"
     atomic_write_json(directory / name, result.to_json())
     return result
+
+
+def _time_prepared(
+    call: Callable[[], float | None], cfg: BenchConfig
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Wall-clock ms per call, and the runtime's own ms per call where it reports them."""
+    reported: list[float] = []
+
+    def timed() -> None:
+        value = call()
+        if value is not None:
+            reported.append(value)
+
+    samples = time_calls(timed, cfg.warmup, cfg.iterations, cfg.duration_s)
+    own = np.asarray(reported[len(reported) - samples.size :]) if reported else None
+    return samples, own
+
+
+def _branch_profile(
+    manifest: dict[str, Any],
+    recipe: Recipe,
+    artifact: Path,
+    config: SessionConfig,
+    feeds: dict[str, np.ndarray],
+) -> dict[str, float]:
+    """Median per-layer times (a separate, profiling session: counters cost speed) per branch."""
+    session = _load_session(manifest, recipe, artifact, replace(config, profile=True))
+    try:
+        session.run(feeds)  # warm-up, not profiled apart: backends record from the first run
+        layers = session.layer_times(feeds, runs=20)
+    finally:
+        session.close()
+    return time_by_branch(layers, recipe.branches)
 
 
 def inspect_recipe(recipe: Recipe) -> dict[str, Any]:

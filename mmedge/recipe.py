@@ -193,8 +193,34 @@ class OnnxRuntimeTarget(_Strict):
     providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
 
 
+class NncfConfig(_Strict):
+    """NNCF post-training quantization for OpenVINO (per-branch FP32: quantization.keep_fp32)."""
+
+    # None: NNCF's default for the model type (mixed for transformers, performance otherwise).
+    preset: Literal["performance", "mixed"] | None = None
+    # auto: "transformer" when the graph has attention (a Softmax), else NNCF's default.
+    model_type: Literal["auto", "transformer", "default"] = "auto"
+    subset_size: PosInt = 300  # calibration samples NNCF uses (at most the set's size)
+    fast_bias_correction: bool = True  # False: full bias correction (slower, sometimes better)
+    # Regular expressions over OpenVINO op names to leave in float; one that matches nothing
+    # is an error (NNCF validates it).
+    ignored_patterns: list[str] = Field(default_factory=list)
+
+
+class OpenVinoTarget(_Strict):
+    device: str = "CPU"  # CPU, GPU, GPU.1, NPU, AUTO, ...; checked against the machine's
+    # The precision float ops run in. None: what the artifact says (f32 for FP32 and INT8 IRs;
+    # f16 for FP16 IRs where the device supports it, else f32). "device-default" lets the
+    # plugin choose: bf16 on CPUs with AVX-512 BF16 or AMX, so an FP32 IR would not run FP32.
+    inference_precision: Literal["f32", "bf16", "f16", "device-default"] | None = None
+    streams: PosInt | None = None  # throughput mode; None lets the THROUGHPUT hint decide
+    requests: PosInt | None = None  # requests in flight; None: the compiled model's optimum
+    nncf: NncfConfig = Field(default_factory=NncfConfig)
+
+
 class TargetsConfig(_Strict):
     onnxruntime: OnnxRuntimeTarget = Field(default_factory=OnnxRuntimeTarget)
+    openvino: OpenVinoTarget = Field(default_factory=OpenVinoTarget)
 
 
 class CompareGate(_Strict):
@@ -213,6 +239,10 @@ class BenchConfig(_Strict):
     threads: PosInt = 2
     # Which point of the dynamic axes' (min, opt, max) the inputs take; the batch axis is 'batch'.
     shape: Literal["min", "opt", "max"] = "opt"
+    # latency: one request at a time (sync). throughput: several requests in flight (async),
+    # for targets that have an asynchronous API (OpenVINO).
+    mode: Literal["latency", "throughput"] = "latency"
+    profile: bool = False  # also time each layer and report the time per branch
 
 
 class Recipe(_Strict):

@@ -84,14 +84,15 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 
 
 def verified_artifact(directory: Path, manifest: dict[str, Any]) -> Path:
-    """The artifact path, after checking its bytes still match the manifest's sha256."""
+    """The artifact's main file, after checking every file still matches its sha256."""
     entry = manifest["artifact"]
-    path = directory / str(entry["path"])
-    if not path.is_file():
-        raise ArtifactError(f"artifact {path} listed in the manifest is missing")
-    if sha256_file(path) != entry["sha256"]:
-        raise ArtifactError(f"artifact {path} does not match the sha256 in its manifest")
-    return path
+    for item in entry["files"]:
+        path = directory / str(item["path"])
+        if not path.is_file():
+            raise ArtifactError(f"artifact file {path} listed in the manifest is missing")
+        if sha256_file(path) != item["sha256"]:
+            raise ArtifactError(f"artifact file {path} does not match the sha256 in its manifest")
+    return directory / str(entry["path"])
 
 
 def check_output_dir(out: Path, identity: dict[str, str], force: bool) -> None:
@@ -141,15 +142,20 @@ def _swap_in(stage: Path, out: Path) -> None:
         os.replace(stage, out)
 
 
-def write_manifest(stage: Path, artifact: Path, fields: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(stage: Path, files: list[Path], fields: dict[str, Any]) -> dict[str, Any]:
+    """``files``: the artifact's files in ``stage``, the one a runtime opens first."""
+    entries: list[dict[str, Any]] = [
+        {"path": f.name, "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files
+    ]
     manifest = {
         "format": FORMAT,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **fields,
         "artifact": {
-            "path": artifact.name,
-            "bytes": artifact.stat().st_size,
-            "sha256": sha256_file(artifact),
+            "path": entries[0]["path"],
+            "bytes": sum(int(e["bytes"]) for e in entries),  # what the artifact costs on disk
+            "sha256": entries[0]["sha256"],
+            "files": entries,
         },
         "versions": versions(),
         "host": host(),

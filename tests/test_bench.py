@@ -37,11 +37,14 @@ def test_time_calls_for_a_duration() -> None:
 def test_summary_json_has_the_documented_shape() -> None:
     result = summarize(
         np.array([1.0, 2.0, 3.0]),
+        total_s=0.006,
         target="onnxruntime",
         precision="int8",
+        mode="latency",
         batch=2,
         threads=1,
         shapes={"x": [2, 3]},
+        settings={"threads": 1},
     ).to_json()
     assert {"target", "precision", "batch", "latency_ms", "throughput_per_s", "peak_rss_mb"} <= set(
         result
@@ -49,6 +52,24 @@ def test_summary_json_has_the_documented_shape() -> None:
     assert set(result["latency_ms"]) >= {"p50", "p90", "p99", "mean"}
     assert result["throughput_per_s"] == pytest.approx(2 * 3 / 0.006)
     assert "int8_dot_product" in result["host"]
+    assert result["mode"] == "latency" and result["branch_ms"] is None
+
+
+def test_throughput_uses_wall_time_not_the_sum_of_latencies() -> None:
+    # Four requests of 10 ms each, two in flight at a time: 20 ms of wall time.
+    result = summarize(
+        np.full(4, 10.0),
+        total_s=0.020,
+        target="openvino",
+        precision="fp32",
+        mode="throughput",
+        batch=1,
+        threads=2,
+        shapes={},
+        settings={},
+    )
+    assert result.throughput_per_s == pytest.approx(200.0)
+    assert result.latency_ms.p50 == 10.0
 
 
 def test_peak_rss_is_measured() -> None:

@@ -50,3 +50,21 @@ def test_normalize_gives_unique_scoped_names() -> None:
     names = [n.name for n in model.graph.node]
     assert names == ["/head/fc/node_linear", "/head/fc/node_linear_1", "/Relu_2"]
     assert nodes_by_branch(model, BRANCHES)["fusion"] == names[:2]
+
+
+def test_runtime_layer_names_map_to_branches() -> None:
+    from mmedge.branches import time_by_branch
+
+    layers = {
+        "/text_encoder/layers.0/attn/q_proj/MatMul": 2.0,
+        "image_f32_abcd_bf16_acdb_/head/fc/Conv/WithoutBiases": 0.5,  # an OpenVINO reorder
+        "/text_encoder/layers.0/attn/Softmax_f32_bf16_/text_encoder/layers.0/attn/MatMul_1": 1.0,
+        "Convert_8715": 0.25,
+        "/Concat": 0.125,
+    }
+    assert time_by_branch(layers, BRANCHES) == {
+        "text": 0.0,
+        "attn": 3.0,
+        "fusion": 0.5,
+        "other": 0.375,
+    }

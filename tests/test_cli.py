@@ -81,7 +81,8 @@ def test_export_quantize_compare_bench(built: Built) -> None:
     assert bench["latency_ms"]["p50"] > 0 and bench["throughput_per_s"] > 0
     assert bench["peak_rss_mb"] > 0
     assert bench["shapes"]["audio"] == [3, 4, 32]
-    assert (built.int8 / "bench-b3-t1-max.json").is_file()
+    assert (built.int8 / "bench-latency-b3-t1-max.json").is_file()
+    assert bench["mode"] == "latency" and bench["settings"]["requests"] == 1
 
 
 def test_human_readable_output(built: Built) -> None:

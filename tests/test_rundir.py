@@ -24,7 +24,7 @@ def _publish(
 ) -> dict[str, object]:
     with staged_output(out) as stage:
         (stage / "model.onnx").write_bytes(payload)
-        return write_manifest(stage, stage / "model.onnx", {"identity": identity})
+        return write_manifest(stage, [stage / "model.onnx"], {"identity": identity})
 
 
 def test_staged_output_publishes_only_when_complete(tmp_path: Path) -> None:
@@ -102,6 +102,18 @@ def test_tampered_artifact_is_detected(tmp_path: Path) -> None:
     (tmp_path / "out" / "model.onnx").unlink()
     with pytest.raises(ArtifactError, match="is missing"):
         verified_artifact(tmp_path / "out", read_manifest(tmp_path / "out"))
+
+
+def test_every_file_of_a_multi_file_artifact_is_verified(tmp_path: Path) -> None:
+    with staged_output(tmp_path / "ir") as stage:
+        (stage / "model.xml").write_text("<net/>")
+        (stage / "model.bin").write_bytes(b"\0" * 10)
+        manifest = write_manifest(stage, [stage / "model.xml", stage / "model.bin"], {})
+    assert manifest["artifact"]["bytes"] == 16
+    assert verified_artifact(tmp_path / "ir", manifest).name == "model.xml"
+    (tmp_path / "ir" / "model.bin").write_bytes(b"\1" * 10)
+    with pytest.raises(ArtifactError, match=r"model\.bin does not match the sha256"):
+        verified_artifact(tmp_path / "ir", read_manifest(tmp_path / "ir"))
 
 
 def test_manifest_records_versions_and_host(tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import onnx
 import pytest
 
 from mmedge.errors import TargetBuildError
-from mmedge.targets import get_target
+from mmedge.targets import SessionConfig, get_target
 from mmedge.targets.onnxruntime import OnnxRuntimeTarget, OrtSession
 from tests.conftest import Built, tiny_feeds
 
@@ -31,7 +31,8 @@ def test_fp32_artifact_is_the_optimized_graph(built: Built) -> None:
 
 
 def test_session_speaks_named_dicts(built: Built) -> None:
-    session = get_target("onnxruntime").load(built.int8 / "model.onnx", _recipe(built), threads=1)
+    target = get_target("onnxruntime")
+    session = target.load(built.int8 / "model.onnx", _recipe(built), "int8", SessionConfig(1))
     assert session.input_names == ["image", "input_ids", "attention_mask", "audio"]
     assert session.output_names == ["logits"]
     out = session.run(tiny_feeds(3, 8, 16))
@@ -51,6 +52,30 @@ def test_unknown_target_is_a_recipe_error() -> None:
 
     with pytest.raises(RecipeError, match="unknown target 'tflite'; available: onnxruntime"):
         get_target("tflite")
+
+
+def test_layer_times_map_to_every_branch(built: Built) -> None:
+    from mmedge.branches import time_by_branch
+
+    recipe = _recipe(built)
+    session = get_target("onnxruntime").load(
+        built.fp32 / "model.onnx", recipe, "fp32", SessionConfig(1, profile=True)
+    )
+    layers = session.layer_times(tiny_feeds(2, 8, 16), runs=5)
+    session.close()
+    by_branch = time_by_branch(layers, recipe.branches)
+    assert all(by_branch[b] > 0 for b in ("image", "text", "audio", "fusion")), by_branch
+
+
+def test_throughput_mode_is_refused_clearly(built: Built) -> None:
+    from typer.testing import CliRunner
+
+    from mmedge.cli import app
+
+    result = CliRunner().invoke(app, ["bench", str(built.fp32), "--mode", "throughput"])
+    assert result.exit_code == 3 and "onnxruntime has no throughput mode" in result.stderr
+    result = CliRunner().invoke(app, ["bench", str(built.fp32), "--device", "GPU"])
+    assert result.exit_code == 3 and "onnxruntime has no --device" in result.stderr
 
 
 def _recipe(built: Built):  # type: ignore[no-untyped-def]

@@ -8,10 +8,10 @@ test module (``tests/test_targets_registry.py`` fails when a registered target h
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from mmedge.calibration import DataSource
     from mmedge.recipe import Recipe
 
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "fp16", "int8"]
+Mode = Literal["latency", "throughput"]
 
 
 @dataclass(frozen=True)
@@ -36,10 +37,30 @@ class Probe:
 
 @dataclass(frozen=True)
 class BuildResult:
-    """What a build produced: the artifact file (in the staging dir) and step details."""
+    """What a build produced (in the staging dir): the artifact's files, main file first."""
 
-    artifact: Path
+    files: list[Path]
     details: dict[str, object]
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """How to run an artifact; a backend ignores what it has no notion of (and says so)."""
+
+    threads: int = 2
+    mode: Mode = "latency"
+    device: str | None = None  # None: the recipe's device for this target
+    # Compile for these shapes only (benchmarks, as benchmark_app and trtexec do); None keeps
+    # the recipe's dynamic axes.
+    static_shapes: dict[str, tuple[int, ...]] | None = None
+    profile: bool = False  # collect per-layer times (costs some speed)
+
+
+@dataclass(frozen=True)
+class ThroughputRun:
+    latencies_ms: np.ndarray  # per completed request
+    total_s: float  # wall time from the first request to the last completion
+    requests: int  # requests kept in flight
 
 
 class Session(Protocol):
@@ -48,7 +69,34 @@ class Session(Protocol):
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]: ...
 
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
+        """A call that runs one inference on ``feeds`` with the least per-call work (inputs bound
+        once, outputs left in place), as benchmark_app and trtexec time it. It returns the
+        runtime's own latency measurement in ms where the runtime makes one, else None."""
+        ...
+
+    def settings(self) -> dict[str, object]:
+        """The effective device, precision, threads, streams... for reports."""
+        ...
+
+    def layer_times(self, feeds: Mapping[str, np.ndarray], runs: int) -> dict[str, float]:
+        """Median milliseconds per layer (by node name) over ``runs`` runs; needs profile=True."""
+        ...
+
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ThroughputSession(Session, Protocol):
+    """A session that can keep several requests in flight (OpenVINO's async API)."""
+
+    def run_throughput(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        warmup: int,
+        iterations: int,
+        duration_s: float | None,
+    ) -> ThroughputRun: ...
 
 
 class Target(Protocol):
@@ -57,6 +105,8 @@ class Target(Protocol):
     extra: ClassVar[str]  # the pip extra that installs this backend
 
     def probe(self) -> Probe: ...
+
+    def needs_calibration(self, precision: str, recipe: Recipe) -> bool: ...
 
     def build(
         self,
@@ -67,11 +117,14 @@ class Target(Protocol):
         calib: DataSource | None,
     ) -> BuildResult: ...
 
-    def load(self, artifact: Path, recipe: Recipe, threads: int) -> Session: ...
+    def load(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> Session: ...
 
 
 REGISTRY: dict[str, str] = {
     "onnxruntime": "mmedge.targets.onnxruntime:OnnxRuntimeTarget",
+    "openvino": "mmedge.targets.openvino:OpenVinoTarget",
 }
 
 

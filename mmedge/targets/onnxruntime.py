@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import tempfile
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from mmedge.errors import TargetBuildError, require
-from mmedge.targets import BuildResult, Probe
+from mmedge.errors import RecipeError, TargetBuildError, require
+from mmedge.targets import BuildResult, Probe, SessionConfig
 
 if TYPE_CHECKING:
     from mmedge.calibration import DataSource
@@ -28,6 +30,7 @@ class OrtSession:
         optimization: str = "all",
         providers: list[str] | None = None,
         save_optimized: Path | None = None,
+        profile: bool = False,
     ) -> None:
         require("onnxruntime", "onnxruntime")
         import onnxruntime as ort
@@ -40,6 +43,12 @@ class OrtSession:
         opts.log_severity_level = 3  # errors only: warnings about unused initializers are noise
         if save_optimized is not None:
             opts.optimized_model_filepath = str(save_optimized)
+        self._profile_dir: tempfile.TemporaryDirectory[str] | None = None
+        if profile:
+            self._profile_dir = tempfile.TemporaryDirectory(prefix="mmedge-ort-profile-")
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(Path(self._profile_dir.name) / "ort")
+        self._threads = threads
         try:
             self._sess = ort.InferenceSession(
                 str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
@@ -53,14 +62,41 @@ class OrtSession:
         values = self._sess.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, values, strict=True))
 
-    @property
-    def raw(self) -> object:
-        """The underlying InferenceSession, for callers that time ``run`` directly."""
-        return self._sess
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
+        run, names, inputs = self._sess.run, self.output_names, dict(feeds)
+
+        def call() -> None:
+            run(names, inputs)  # ONNX Runtime times nothing itself
+
+        return call
+
+    def layer_times(self, feeds: Mapping[str, np.ndarray], runs: int) -> dict[str, float]:
+        """From ONNX Runtime's own profiler: one ``<node>_kernel_time`` event per node and run."""
+        if self._profile_dir is None:
+            raise RuntimeError("layer_times needs a session created with profile=True")
+        for _ in range(runs):
+            self.run(feeds)
+        events = json.loads(Path(self._sess.end_profiling()).read_text())
+        times: dict[str, list[float]] = {}
+        for event in events:
+            name = str(event.get("name", ""))
+            if event.get("cat") == "Node" and name.endswith("_kernel_time"):
+                node = name.removesuffix("_kernel_time")
+                times.setdefault(node, []).append(float(event["dur"]) / 1e3)
+        return {node: float(np.median(v)) for node, v in times.items()}
+
+    def settings(self) -> dict[str, object]:
+        return {
+            "providers": self._sess.get_providers(),
+            "threads": self._threads,
+            "inference_precision": "as the graph says",
+        }
 
     def close(self) -> None:
         # InferenceSession has no close(); dropping the reference frees it.
         self.__dict__.pop("_sess", None)
+        if self._profile_dir is not None:
+            self._profile_dir.cleanup()
 
 
 class OnnxRuntimeTarget:
@@ -74,6 +110,9 @@ class OnnxRuntimeTarget:
         except ImportError:
             return Probe(False, hint=f'pip install "mmedge[{self.extra}]"')
         return Probe(True, ort.__version__, list(ort.get_available_providers()))
+
+    def needs_calibration(self, precision: str, recipe: Recipe) -> bool:
+        return precision == "int8" and recipe.quantization.mode == "static"
 
     def build(
         self,
@@ -91,11 +130,24 @@ class OnnxRuntimeTarget:
             OrtSession(
                 onnx_path, 1, cfg.graph_optimization, cfg.providers, save_optimized=out
             ).close()
-            return BuildResult(out, {"graph_optimization": cfg.graph_optimization})
+            return BuildResult([out], {"graph_optimization": cfg.graph_optimization})
         from mmedge.quantize.ort import quantize_onnx
 
         details = quantize_onnx(onnx_path, out, recipe, calib)
-        return BuildResult(out, details)
+        return BuildResult([out], details)
 
-    def load(self, artifact: Path, recipe: Recipe, threads: int) -> OrtSession:
-        return OrtSession(artifact, threads, "all", recipe.targets.onnxruntime.providers)
+    def load(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> OrtSession:
+        if config.device is not None:
+            raise RecipeError(
+                f"onnxruntime has no --device ({config.device!r}); it runs on the execution "
+                "providers in targets.onnxruntime.providers"
+            )
+        return OrtSession(
+            artifact,
+            config.threads,
+            "all",
+            recipe.targets.onnxruntime.providers,
+            profile=config.profile,
+        )

@@ -1,0 +1,255 @@
+"""OpenVINO target: IR (FP32, FP16-compressed, NNCF INT8), sessions in latency and throughput modes.
+
+The IR is converted from the exported ONNX, the graph every target starts from: it has passed
+the parity check, and its node names carry the module scopes that map layers to branches
+(``benchmarks/results/openvino_source.md`` measures the alternative, converting the PyTorch
+module directly). Sessions pin the inference precision to what the artifact says: left to the
+plugin, an FP32 IR runs in bfloat16 on CPUs with AVX-512 BF16 or AMX.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from mmedge.errors import DeviceUnavailable, TargetBuildError, require
+from mmedge.logs import captured_output, write_log
+from mmedge.targets import BuildResult, Probe, SessionConfig, ThroughputRun
+
+if TYPE_CHECKING:
+    from mmedge.calibration import DataSource
+    from mmedge.recipe import OpenVinoTarget as OpenVinoConfig
+    from mmedge.recipe import Recipe
+
+
+def check_device(available: list[str], device: str) -> None:
+    """``GPU`` matches ``GPU.0``; ``AUTO:GPU,CPU``/``HETERO:``/``MULTI:`` lists are checked item
+    by item; plain ``AUTO`` picks from what is there."""
+    kind, _, listed = device.partition(":")
+    wanted = listed.split(",") if kind in ("AUTO", "MULTI", "HETERO") and listed else [device]
+    if kind == "AUTO" and not listed:
+        return
+    for name in wanted:
+        if not any(a == name or a.split(".")[0] == name for a in available):
+            raise DeviceUnavailable(
+                f"OpenVINO device '{name}' is not available on this machine; available: "
+                f"{', '.join(available) or 'none'}",
+                hint="pick one of those with --device or targets.openvino.device",
+            )
+
+
+def inference_precision(cfg: OpenVinoConfig, precision: str, capabilities: list[str]) -> str | None:
+    """The INFERENCE_PRECISION_HINT to set, or None to leave the plugin's default."""
+    if cfg.inference_precision == "device-default":
+        return None
+    if cfg.inference_precision is not None:
+        return cfg.inference_precision
+    return "f16" if precision == "fp16" and "FP16" in capabilities else "f32"
+
+
+class OvSession:
+    """A compiled OpenVINO model speaking dicts keyed by tensor name."""
+
+    def __init__(self, xml: Path, recipe: Recipe, precision: str, config: SessionConfig) -> None:
+        require("openvino", "openvino")
+        import openvino as ov
+
+        cfg = recipe.targets.openvino
+        core = ov.Core()
+        self.device = config.device or cfg.device
+        check_device(list(core.available_devices), self.device)
+        props: dict[str, Any] = {"PERFORMANCE_HINT": config.mode.upper()}
+        base = self.device.split(".")[0]
+        if base in ("CPU", "GPU"):
+            caps = list(core.get_property(self.device, "OPTIMIZATION_CAPABILITIES"))
+            hint = inference_precision(cfg, precision, caps)
+            if hint is not None:
+                props["INFERENCE_PRECISION_HINT"] = hint
+        if base == "CPU":
+            props["INFERENCE_NUM_THREADS"] = config.threads
+        if config.mode == "throughput" and cfg.streams is not None:
+            props["NUM_STREAMS"] = cfg.streams
+        if config.profile:
+            props["PERF_COUNT"] = True
+        try:
+            with captured_output():
+                model = core.read_model(str(xml))
+                if config.static_shapes:
+                    model.reshape({k: list(v) for k, v in config.static_shapes.items()})
+                self._compiled = core.compile_model(model, self.device, props)
+        except (RuntimeError, ValueError) as err:  # OpenVINO reports failures as RuntimeError
+            log = write_log("openvino-compile", traceback.format_exc())
+            raise TargetBuildError(
+                f"OpenVINO cannot compile {xml.name} for {self.device}: {err}"[:600],
+                hint=f"full log: {log}",
+            ) from None
+        self._requests = cfg.requests
+        self._request = self._compiled.create_infer_request()
+        self._outputs = {o.get_any_name(): o for o in self._compiled.outputs}
+        self.input_names = [i.get_any_name() for i in self._compiled.inputs]
+        self.output_names = list(self._outputs)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # share_inputs: no copy into the request's tensors, as benchmark_app does not copy.
+        results = self._request.infer(dict(feeds), share_inputs=True)
+        return {name: np.array(results[port]) for name, port in self._outputs.items()}
+
+    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
+        import openvino as ov
+
+        request = self._compiled.create_infer_request()
+        for name, value in feeds.items():
+            request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
+
+        def call() -> float:
+            request.infer()
+            return float(request.latency)  # OpenVINO's own measure (what benchmark_app reports)
+
+        return call
+
+    def run_throughput(
+        self,
+        feeds: Mapping[str, np.ndarray],
+        warmup: int,
+        iterations: int,
+        duration_s: float | None,
+    ) -> ThroughputRun:
+        """Keep every request busy; per-request latencies are OpenVINO's own measurements.
+
+        The loop is benchmark_app's: take the next idle request, read the latency of the
+        inference it just finished, start it again. No Python callback is installed: a callback
+        runs on OpenVINO's executor threads and needs the GIL, and destroying the compiled model
+        (with the GIL held) while such a thread waits for it deadlocks.
+        """
+        import openvino as ov
+
+        optimum = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        queue = ov.AsyncInferQueue(self._compiled, self._requests or optimum)
+        for request in queue:  # inputs set once per request, as benchmark_app does
+            for name, value in feeds.items():
+                request.set_tensor(name, ov.Tensor(np.ascontiguousarray(value)))
+        _drive(queue, count=warmup, deadline=None)
+        start = time.perf_counter()
+        deadline = start + duration_s if duration_s is not None else None
+        latencies = _drive(queue, count=iterations, deadline=deadline)
+        total = time.perf_counter() - start
+        return ThroughputRun(np.asarray(latencies), total, len(queue))
+
+    def layer_times(self, feeds: Mapping[str, np.ndarray], runs: int) -> dict[str, float]:
+        times: dict[str, list[float]] = {}
+        for _ in range(runs):
+            self._request.infer(dict(feeds), share_inputs=True)
+            for info in self._request.profiling_info:
+                if str(info.status).endswith("EXECUTED"):
+                    ms = info.real_time.total_seconds() * 1e3
+                    times.setdefault(info.node_name, []).append(ms)
+        return {name: float(np.median(v)) for name, v in times.items()}
+
+    def settings(self) -> dict[str, object]:
+        found: dict[str, object] = {"device": self.device}
+        for key, prop in (
+            ("inference_precision", "INFERENCE_PRECISION_HINT"),
+            ("performance_hint", "PERFORMANCE_HINT"),
+            ("streams", "NUM_STREAMS"),
+            ("threads", "INFERENCE_NUM_THREADS"),
+            ("optimal_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"),
+        ):
+            try:
+                value = self._compiled.get_property(prop)
+            except RuntimeError:  # not every device has every property
+                continue
+            # Element types print as "<Type: 'float32'>"; their names are what users type.
+            found[key] = value.to_string() if hasattr(value, "to_string") else str(value)
+        return found
+
+    def close(self) -> None:
+        self.__dict__.pop("_request", None)
+        self.__dict__.pop("_compiled", None)
+
+
+class OpenVinoTarget:
+    name: ClassVar[str] = "openvino"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    extra: ClassVar[str] = "openvino"
+
+    def probe(self) -> Probe:
+        try:
+            import openvino as ov
+        except ImportError:
+            return Probe(False, hint=f'pip install "mmedge[{self.extra}]"')
+        return Probe(True, ov.get_version(), list(ov.Core().available_devices))
+
+    def needs_calibration(self, precision: str, recipe: Recipe) -> bool:
+        return precision == "int8"  # NNCF post-training quantization is always calibrated
+
+    def build(
+        self,
+        onnx_path: Path,
+        recipe: Recipe,
+        precision: str,
+        out_dir: Path,
+        calib: DataSource | None,
+    ) -> BuildResult:
+        require("openvino", self.extra)
+        import openvino as ov
+
+        start = time.perf_counter()
+        model = _convert(onnx_path)
+        details: dict[str, object] = {
+            "converted_from": "onnx",
+            "convert_seconds": round(time.perf_counter() - start, 3),
+        }
+        if precision == "int8":
+            require("nncf", self.extra)
+            from mmedge.quantize.nncf import quantize_openvino
+
+            assert calib is not None  # the pipeline opens calibration data for int8
+            batch = recipe.calibration.batch if recipe.calibration else 8
+            model, quant = quantize_openvino(model, recipe, calib, batch)
+            details.update(quant)
+        xml = out_dir / "model.xml"
+        # FP16 compresses weights to half precision on disk; compute precision is the session's.
+        ov.save_model(model, str(xml), compress_to_fp16=precision == "fp16")
+        details["compress_to_fp16"] = precision == "fp16"
+        return BuildResult([xml, xml.with_suffix(".bin")], details)
+
+    def load(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> OvSession:
+        return OvSession(artifact, recipe, precision, config)
+
+
+def _drive(queue: Any, count: int, deadline: float | None) -> list[float]:
+    """Start ``count`` inferences (or until ``deadline``); return their latencies in ms."""
+    in_flight: set[int] = set()
+    latencies: list[float] = []
+    started = 0
+    while (started < count) if deadline is None else (time.perf_counter() < deadline):
+        idle = queue.get_idle_request_id()  # waits until a request is free
+        if idle in in_flight:
+            latencies.append(float(queue[idle].latency))  # its previous inference
+        in_flight.add(idle)
+        queue.start_async()
+        started += 1
+    queue.wait_all()
+    latencies += [float(queue[i].latency) for i in in_flight]
+    return latencies
+
+
+def _convert(onnx_path: Path) -> Any:
+    import openvino as ov
+
+    with captured_output() as logged:
+        try:
+            return ov.convert_model(str(onnx_path))
+        except Exception as err:  # the converter raises its own Error and RuntimeError types
+            log = write_log("openvino-convert", "\n".join([*logged, traceback.format_exc()]))
+            raise TargetBuildError(
+                f"OpenVINO cannot convert the ONNX model: {type(err).__name__}: {err}"[:600],
+                hint=f"full log: {log}",
+            ) from None
