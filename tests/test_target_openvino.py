@@ -247,3 +247,19 @@ def test_cli_round_trip_on_openvino(irs: IRs) -> None:
         app, ["bench", str(irs["fp16"]), "--mode", "throughput", "--iterations", "10"]
     )
     assert result.exit_code == 0 and "throughput mode" in result.stdout
+
+
+def test_compile_failure_names_a_log(irs: IRs) -> None:
+    from mmedge.errors import TargetBuildError
+
+    bad_shapes = {
+        "image": (1, 3, 8, 8),
+        "input_ids": (1, 8),
+        "attention_mask": (1, 8),
+        "audio": (1, 4, 16),
+    }
+    with pytest.raises(
+        TargetBuildError, match=r"OpenVINO cannot compile model\.xml for CPU"
+    ) as err:
+        _session(irs, "fp32", static_shapes=bad_shapes)  # 3 channels where the IR has 1
+    assert err.value.hint is not None and Path(err.value.hint.removeprefix("full log: ")).is_file()
