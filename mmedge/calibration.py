@@ -66,6 +66,42 @@ class SyntheticDataset:
         return f"synthetic random inputs ({self.samples} samples, seed {self.seed})"
 
 
+class ArrayDataset:
+    """Samples already in memory (a bundle's parity set): one shape, batched in order."""
+
+    def __init__(
+        self,
+        feeds: Feeds,
+        labels: np.ndarray | None,
+        description: str,
+        label_key: str | None = None,
+    ) -> None:
+        self.feeds = feeds
+        self.labels = labels
+        self.label_key = label_key if labels is not None else None
+        self.samples = batch_size(feeds)
+        self.description = description
+
+    def batches(self, batch: int) -> Iterator[Batch]:
+        for start in range(0, self.samples, batch):
+            stop = min(start + batch, self.samples)
+            labels = None if self.labels is None else self.labels[start:stop]
+            yield Batch({k: v[start:stop] for k, v in self.feeds.items()}, labels)
+
+    def first(self, batch: int) -> Feeds:
+        return next(self.batches(batch)).feeds
+
+    def limited(self, samples: int) -> ArrayDataset:
+        n = min(samples, self.samples)
+        labels = None if self.labels is None else self.labels[:n]
+        return ArrayDataset(
+            {k: v[:n] for k, v in self.feeds.items()}, labels, self.description, self.label_key
+        )
+
+    def describe(self) -> str:
+        return f"{self.description} ({self.samples} samples)"
+
+
 class ShardDataset:
     """A validated, streamable set of shards; ``limit`` caps the samples taken (in file order)."""
 
@@ -173,3 +209,15 @@ def open_eval(recipe: Recipe) -> ShardDataset | None:
     if recipe.eval is None:
         return None
     return ShardDataset(recipe.eval.path, recipe, recipe.eval.label_key, recipe.eval.samples)
+
+
+def open_compare_data(recipe: Recipe, samples: int | None = None) -> DataSource:
+    """The eval split (so accuracy is measured) or else the calibration source."""
+    data: DataSource | None = open_eval(recipe)
+    if data is None and recipe.calibration is not None:
+        data = open_calibration(recipe)
+    if data is None:
+        raise InputSpecError(
+            "compare needs data: add an 'eval' (labelled) or 'calibration' section to the recipe"
+        )
+    return data.limited(samples) if samples is not None else data

@@ -38,6 +38,11 @@ app = typer.Typer(
 class TargetName(str, Enum):
     onnxruntime = "onnxruntime"
     openvino = "openvino"
+    tensorrt = "tensorrt"
+
+
+class CheckTarget(str, Enum):
+    tensorrt = "tensorrt"
 
 
 class Precision(str, Enum):
@@ -222,6 +227,10 @@ def quantize(
             "--method and --mode set ONNX Runtime's quantizer; OpenVINO quantizes with NNCF "
             "(targets.openvino.nncf in the recipe)"
         )
+    if target is TargetName.tensorrt and mode is QuantMode.dynamic:
+        from mmedge.errors import RecipeError
+
+        raise RecipeError("TensorRT takes static (calibrated) Q/DQ only; drop --mode dynamic")
     overrides = _quant_overrides(calib, samples, method, mode, keep_fp32, None)
     _build(recipe, target.value, "int8", out, force, overrides, as_json)
 
@@ -284,6 +293,56 @@ def bench(
         progress("benchmarking")
         result = bench_artifact(directory, overrides, device).to_json()
     console.print_json(result) if as_json else console.bench(result)
+
+
+@app.command()
+@_handled
+def check(
+    directory: Path = ArtifactArg,
+    target: CheckTarget = typer.Option(CheckTarget.tensorrt, "--target", "-t"),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Check a bundle's ONNX against TensorRT's parser and quantization rules; exit 12 on errors."""
+    from mmedge.errors import RuleViolation
+    from mmedge.pipeline import check_artifact
+    from mmedge.targets.tensorrt.rules import summary
+
+    findings = check_artifact(directory)
+    data = summary(findings)
+    console.print_json(data) if as_json else console.findings(data)
+    if data["errors"]:
+        raise RuleViolation(
+            f"{data['errors']} TensorRT rule violation(s) in {directory}",
+            hint="the build refuses them unless --allow-violations",
+        )
+
+
+@app.command()
+@_handled
+def build(
+    directory: Path = ArtifactArg,
+    trtexec: bool = typer.Option(
+        False,
+        "--trtexec",
+        help="Build with trtexec even when the TensorRT Python package is there.",
+    ),
+    weak_fp16: bool = typer.Option(
+        False,
+        "--weak-fp16",
+        help="TensorRT 10 only: let TensorRT pick FP16 layers in an FP32 bundle.",
+    ),
+    allow_violations: bool = typer.Option(
+        False, "--allow-violations", help="Build even if the rule check finds errors."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Build a TensorRT bundle's engine on this device (where it will run)."""
+    from mmedge.pipeline import build_engine_in_bundle
+
+    with console.status(not as_json) as progress:
+        progress("building the TensorRT engine")
+        manifest = build_engine_in_bundle(directory, weak_fp16, trtexec, allow_violations)
+    console.print_json(manifest) if as_json else console.manifest(manifest, str(directory))
 
 
 def main() -> None:

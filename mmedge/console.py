@@ -85,7 +85,26 @@ def manifest(data: Mapping[str, Any], directory: str) -> None:
         table.add_row("kept in FP32", ", ".join(build["kept_fp32_branches"]))
     if steps.get("calibration"):
         table.add_row("calibration", steps["calibration"])
+    rules = build.get("rules")
+    if rules:
+        table.add_row("TensorRT rules", f"{rules['errors']} errors, {rules['warnings']} warnings")
+    engine = data.get("engine") or build.get("engine")
+    if engine:
+        built = engine.get("built", True)
+        table.add_row(
+            "engine",
+            f"built with TensorRT {engine.get('tensorrt_version')} for {engine.get('gpu')}"
+            if built
+            else str(engine.get("reason")),
+        )
     out.print(table)
+    if rules and rules["findings"]:
+        findings(rules)
+    if engine and not engine.get("built", True):
+        out.print(
+            f"next, on the device: [bold]mmedge build {escape(directory)}[/] "
+            f"(or {escape(directory)}/build_engine.sh), then mmedge compare / bench there"
+        )
 
 
 def compare(report: Mapping[str, Any]) -> None:
@@ -207,3 +226,22 @@ def inspect(data: Mapping[str, Any]) -> None:
     out.print(branches)
     if total is None:
         out.print("MACs need the PyTorch model; this recipe starts from an ONNX file.")
+
+
+def findings(data: Mapping[str, Any]) -> None:
+    if not data["findings"]:
+        out.print("[bold green]no rule violations[/]")
+        return
+    table = Table(title=f"TensorRT rules: {data['errors']} errors, {data['warnings']} warnings")
+    for col in ("severity", "rule", "branch", "node", "message"):
+        table.add_column(col, overflow="fold")
+    for f in data["findings"]:
+        style = "red" if f["severity"] == "error" else "yellow"
+        table.add_row(
+            f"[{style}]{f['severity']}[/]",
+            f["rule"],
+            f["branch"],
+            escape(f["node"]),
+            escape(f["message"]),
+        )
+    out.print(table)

@@ -74,6 +74,12 @@ class DeviceUnavailable(MmedgeError):
     exit_code = 11
 
 
+class RuleViolation(MmedgeError):
+    """A graph breaks a backend's rules (TensorRT's); the build is refused unless allowed."""
+
+    exit_code = 12
+
+
 # Ctrl-C: the shell convention (128 + SIGINT).
 INTERRUPTED_EXIT_CODE = 130
 
@@ -90,6 +96,7 @@ EXIT_CODES: dict[int, str] = {
     OutputExistsError.exit_code: "output directory holds a different artifact (use --force)",
     ArtifactError.exit_code: "not a finished mmedge artifact directory, or a corrupt one",
     DeviceUnavailable.exit_code: "a requested device is not available on this machine",
+    RuleViolation.exit_code: "the graph breaks TensorRT's rules (build refused; --allow-violations)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C); nothing half-written is left",
 }
 

@@ -13,9 +13,15 @@ from pydantic import ValidationError
 
 from mmedge.bench import BenchResult, summarize, time_calls
 from mmedge.branches import time_by_branch
-from mmedge.calibration import DataSource, open_calibration, open_eval
+from mmedge.calibration import DataSource, open_calibration, open_compare_data
 from mmedge.compare import CompareReport, Runner, compare_runners, gate_failures
-from mmedge.errors import AccuracyError, DependencyMissing, InputSpecError, RecipeError
+from mmedge.errors import (
+    AccuracyError,
+    DependencyMissing,
+    InputSpecError,
+    RecipeError,
+    RuleViolation,
+)
 from mmedge.inputs import dummy_feeds
 from mmedge.recipe import BenchConfig, Recipe, format_validation_error, parse_recipe
 from mmedge.rundir import (
@@ -27,6 +33,7 @@ from mmedge.rundir import (
     write_manifest,
 )
 from mmedge.targets import Session, SessionConfig, ThroughputSession, get_target
+from mmedge.targets.tensorrt.rules import Finding
 
 Progress = Callable[[str], None]
 
@@ -165,18 +172,6 @@ def reference_runner(recipe: Recipe, reference_dir: Path | None, config: Session
     return torch_runner(model, recipe.outputs)  # type: ignore[no-any-return]
 
 
-def compare_data(recipe: Recipe, samples: int | None = None) -> DataSource:
-    """The eval split (so accuracy is measured) or else the calibration source."""
-    data: DataSource | None = open_eval(recipe)
-    if data is None and recipe.calibration is not None:
-        data = open_calibration(recipe)
-    if data is None:
-        raise InputSpecError(
-            "compare needs data: add an 'eval' (labelled) or 'calibration' section to the recipe"
-        )
-    return data.limited(samples) if samples is not None else data
-
-
 def compare_artifact(
     directory: Path,
     reference_dir: Path | None = None,
@@ -188,9 +183,17 @@ def compare_artifact(
     ``device`` applies to the candidate only; the reference runs where it runs by default.
     """
     manifest, recipe, artifact = open_artifact(directory)
-    data = compare_data(recipe, samples)
     config = SessionConfig(threads=recipe.bench.threads)
-    reference = reference_runner(recipe, reference_dir, config)
+    if manifest["target"] == "tensorrt":
+        # On the device: the bundle's own inputs and FP32 outputs, no torch or recipe data.
+        from mmedge.targets.tensorrt.bundle import parity_source
+
+        data, recorded = parity_source(directory, recipe)
+        data = data.limited(samples) if samples is not None else data
+        reference = reference_runner(recipe, reference_dir, config) if reference_dir else recorded
+    else:
+        data = open_compare_data(recipe, samples)
+        reference = reference_runner(recipe, reference_dir, config)
     candidate = _load_session(manifest, recipe, artifact, replace(config, device=device))
     batch = recipe.eval.batch if recipe.eval else 16
     score = recipe.eval.output if recipe.eval else None
@@ -199,9 +202,10 @@ def compare_artifact(
     finally:
         candidate.close()
     report.failures = gate_failures(report, recipe.compare)
+    default_reference = "fp32-recorded" if manifest["target"] == "tensorrt" else "pytorch-fp32"
     record = {
         **report.to_json(),
-        "reference": str(reference_dir or "pytorch-fp32"),
+        "reference": str(reference_dir or default_reference),
         "data": data.describe(),
     }
     atomic_write_json(directory / "compare.json", record)
@@ -346,3 +350,51 @@ def inspect_recipe(recipe: Recipe) -> dict[str, Any]:
         "branches": recipe.branches,
         "stats": stats_json(stats),
     }
+
+
+def check_artifact(directory: Path) -> list[Finding]:
+    """TensorRT's rules on a bundle's ONNX; also saved as check.json beside it."""
+    import onnx
+
+    from mmedge.targets.tensorrt.rules import check_model, summary
+
+    manifest, recipe, artifact = open_artifact(directory)
+    if manifest["target"] != "tensorrt":
+        raise RecipeError(
+            f"{directory} is a {manifest['target']} artifact; the rule checker reads TensorRT "
+            "bundles (mmedge export --target tensorrt)"
+        )
+    found = check_model(onnx.load(str(artifact)), recipe.branches, recipe.quantization.keep_fp32)
+    atomic_write_json(directory / "check.json", summary(found))
+    return found
+
+
+def build_engine_in_bundle(
+    directory: Path, weak_fp16: bool, use_trtexec: bool, allow_violations: bool
+) -> dict[str, Any]:
+    """Build the bundle's engine on this machine and record it in the manifest."""
+    from mmedge.targets.tensorrt import bundle_files
+    from mmedge.targets.tensorrt.engine import BuildOptions, build_engine
+
+    findings = check_artifact(directory)
+    errors = [f for f in findings if f.severity == "error"]
+    if errors and not allow_violations:
+        listed = "\n  ".join(f"{f.node} [{f.branch}] {f.rule}: {f.message}" for f in errors[:10])
+        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
+        raise RuleViolation(
+            f"{len(errors)} TensorRT rule violation(s); the build is refused:\n  {listed}{more}",
+            hint="fix the graph, or pass --allow-violations to let TensorRT try anyway",
+        )
+    manifest, recipe, _ = open_artifact(directory)
+    meta = build_engine(directory, recipe, BuildOptions(weak_fp16, use_trtexec))
+    updated = write_manifest(
+        directory,
+        bundle_files(directory),
+        {
+            k: v
+            for k, v in manifest.items()
+            if k not in ("format", "created", "artifact", "versions", "host")
+        }
+        | {"engine": meta},
+    )
+    return updated

@@ -183,6 +183,12 @@ class QuantizationConfig(_Strict):
     # Gather quantizes embedding tables, the largest weights of text branches.
     op_types: list[QuantOp] = Field(default_factory=lambda: list(_WEIGHTED_OPS), min_length=1)
     keep_fp32: list[str] = Field(default_factory=list)  # branch names left in floating point
+    # ONNX Runtime fuses Q/DQ chains into integer kernels, so by default it also quantizes
+    # biases (INT32) and the outputs of Conv/MatMul/Gemm. TensorRT bundles turn both off: its
+    # DequantizeLinear takes no INT32, and Q/DQ after a weighted op blocks the fusion of the
+    # bias, activation or residual that follows.
+    quantize_bias: bool = True
+    quantize_weighted_outputs: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)  # raw ONNX node names, advanced
 
 
@@ -218,9 +224,36 @@ class OpenVinoTarget(_Strict):
     nncf: NncfConfig = Field(default_factory=NncfConfig)
 
 
+# Overflow-prone ops an FP16 ONNX keeps in FP32 (FP16 max is 65504): normalizations and
+# reductions accumulate, exponentials blow up.
+_FP16_KEEP_FP32 = (
+    "LayerNormalization",
+    "Softmax",
+    "ReduceMean",
+    "ReduceSum",
+    "Pow",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Reciprocal",
+)
+
+
+class TensorRtTarget(_Strict):
+    """Engine build settings; the engine itself is built on the device (``mmedge build``)."""
+
+    workspace_mb: PosInt = 1024
+    optimization_level: Annotated[int, Field(ge=0, le=5)] = 3  # TensorRT's builder default
+    timing_cache: Path | None = None  # reused across builds on the same device
+    fp16_keep_fp32_ops: list[str] = Field(default_factory=lambda: list(_FP16_KEEP_FP32))
+    parity_samples: PosInt = 16  # inputs + expected outputs bundled for checks on the device
+    cuda_device: Annotated[int, Field(ge=0)] = 0
+
+
 class TargetsConfig(_Strict):
     onnxruntime: OnnxRuntimeTarget = Field(default_factory=OnnxRuntimeTarget)
     openvino: OpenVinoTarget = Field(default_factory=OpenVinoTarget)
+    tensorrt: TensorRtTarget = Field(default_factory=TensorRtTarget)
 
 
 class CompareGate(_Strict):
@@ -361,11 +394,15 @@ def _check_branches(recipe: Recipe) -> None:
 
 # Path-valued fields, resolved relative to the recipe file so recipes work from any CWD.
 _PATH_FIELDS = (("model", "weights"), ("model", "path"), ("calibration", "path"), ("eval", "path"))
+_NESTED_PATH_FIELDS = ((("targets", "tensorrt"), "timing_cache"),)
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    for section, key in _PATH_FIELDS:
-        block = raw.get(section)
+    blocks = [((section,), key) for section, key in _PATH_FIELDS] + list(_NESTED_PATH_FIELDS)
+    for sections, key in blocks:
+        block: Any = raw
+        for section in sections:
+            block = block.get(section) if isinstance(block, dict) else None
         if isinstance(block, dict) and isinstance(block.get(key), str):
             path = Path(block[key]).expanduser()
             block[key] = str(path if path.is_absolute() else (base / path).resolve())

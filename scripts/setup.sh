@@ -15,5 +15,10 @@ stamp=.venv/.mmedge-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints-cpu.txt -nt "$stamp" ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check \
     -c constraints-cpu.txt -e ".[all,dev]"
+  # TensorRT's type stubs, for mypy only: --no-deps, since they depend on TensorRT itself,
+  # which cannot be installed without NVIDIA's index and a GPU.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    "tensorrt-stubs==10.13.0.35.1"
+  .venv/bin/python scripts/tensorrt_stubs.py
   touch "$stamp"
 fi

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,11 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     atomic_write_json(path, {"b": 2})
     assert json.loads(path.read_text()) == {"b": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]
+
+
+def test_published_files_have_ordinary_permissions(tmp_path: Path) -> None:
+    _publish(tmp_path / "out")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~mask
+    assert (tmp_path / "out" / MANIFEST).stat().st_mode & 0o777 == 0o666 & ~mask

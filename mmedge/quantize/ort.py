@@ -154,6 +154,9 @@ def _static(
     if cfg.activation_type == "int8":
         # Signed activations are meant to be symmetric (TensorRT-style, zero point 0).
         extra["ActivationSymmetric"] = True
+    extra["QuantizeBias"] = cfg.quantize_bias
+    if not cfg.quantize_weighted_outputs:
+        extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "ConvTranspose", "MatMul", "Gemm"]
     common: dict[str, Any] = {
         "quant_format": QuantFormat.QDQ,
         "per_channel": cfg.per_channel,

@@ -125,6 +125,7 @@ class Target(Protocol):
 REGISTRY: dict[str, str] = {
     "onnxruntime": "mmedge.targets.onnxruntime:OnnxRuntimeTarget",
     "openvino": "mmedge.targets.openvino:OpenVinoTarget",
+    "tensorrt": "mmedge.targets.tensorrt:TensorRtTarget",
 }
 
 

@@ -1,0 +1,126 @@
+"""TensorRT target: an explicitly typed ONNX bundle everywhere, the engine where TensorRT is.
+
+``mmedge export --target tensorrt`` writes a bundle (the Q/DQ INT8, FP16 or FP32 ONNX, its
+profile, build_engine.sh, a parity set) checked against TensorRT's rules. Where TensorRT and a
+GPU are present it also builds the engine; elsewhere (a workstation preparing for a Jetson) the
+engine is built on the device with ``mmedge build DIR`` or ``./build_engine.sh``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import onnx
+
+from mmedge.targets import BuildResult, Probe, SessionConfig
+from mmedge.targets.tensorrt.bundle import (
+    ENGINE,
+    ENGINE_META,
+    PARITY,
+    PROFILE,
+    SCRIPT,
+    TIMING_CACHE,
+    build_script,
+    profile_shapes,
+    write_parity,
+    write_profile,
+)
+from mmedge.targets.tensorrt.engine import tensorrt_version
+from mmedge.targets.tensorrt.rules import check_model, summary
+
+if TYPE_CHECKING:
+    from mmedge.calibration import DataSource
+    from mmedge.recipe import Recipe
+    from mmedge.targets.tensorrt.session import TrtSession
+
+NOT_BUILT = "not built: TensorRT is not installed here (build on the device)"
+
+
+def bundle_files(directory: Path) -> list[Path]:
+    """The bundle's files, main file first; engine files once built."""
+    names = ["model.onnx", PROFILE, SCRIPT, PARITY, ENGINE, ENGINE_META, TIMING_CACHE]
+    return [directory / n for n in names if (directory / n).is_file()]
+
+
+class TensorRtTarget:
+    name: ClassVar[str] = "tensorrt"
+    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
+    extra: ClassVar[str] = "tensorrt"
+
+    def probe(self) -> Probe:
+        """Installed means: bundles can be made here (they need onnxruntime, not TensorRT)."""
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            return Probe(False, hint='pip install "mmedge[onnxruntime]" (bundles are made with it)')
+        version = tensorrt_version()
+        hint = None if version else "TensorRT is not installed: bundles only, engines on the device"
+        return Probe(True, version, ["trtexec"] if shutil.which("trtexec") else [], hint)
+
+    def needs_calibration(self, precision: str, recipe: Recipe) -> bool:
+        return precision == "int8"
+
+    def build(
+        self,
+        onnx_path: Path,
+        recipe: Recipe,
+        precision: str,
+        out_dir: Path,
+        calib: DataSource | None,
+    ) -> BuildResult:
+        model = out_dir / "model.onnx"
+        details: dict[str, Any] = {"precision_in_graph": precision}
+        if precision == "int8":
+            from mmedge.targets.tensorrt.qdq import quantize_for_tensorrt
+
+            details["quantize"] = quantize_for_tensorrt(onnx_path, model, recipe, calib)
+        elif precision == "fp16":
+            from mmedge.targets.tensorrt.fp16 import convert_to_fp16
+
+            details["fp16"] = convert_to_fp16(onnx_path, model, recipe)
+        else:
+            shutil.copyfile(onnx_path, model)
+        findings = check_model(
+            onnx.load(str(model)), recipe.branches, recipe.quantization.keep_fp32
+        )
+        details["rules"] = summary(findings)
+        profile = profile_shapes(recipe)
+        write_profile(out_dir / PROFILE, profile, {"precision": precision})
+        (out_dir / SCRIPT).write_text(build_script(profile, recipe.targets.tensorrt))
+        (out_dir / SCRIPT).chmod(0o755)
+        details["parity"] = _write_parity(out_dir / PARITY, onnx_path, recipe)
+        details["engine"] = self._engine_here(out_dir, recipe, details["rules"]["errors"])
+        return BuildResult(bundle_files(out_dir), details)
+
+    def _engine_here(self, out_dir: Path, recipe: Recipe, errors: int) -> dict[str, Any]:
+        if tensorrt_version() is None:
+            return {"built": False, "reason": NOT_BUILT}
+        if errors:
+            return {"built": False, "reason": f"{errors} rule violation(s); see `mmedge check`"}
+        from mmedge.targets.tensorrt.engine import BuildOptions, build_engine
+
+        return {"built": True, **build_engine(out_dir, recipe, BuildOptions())}
+
+    def load(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> TrtSession:
+        from mmedge.targets.tensorrt.session import TrtSession
+
+        return TrtSession(artifact.parent, recipe, precision, config)
+
+
+def _write_parity(out: Path, fp32: Path, recipe: Recipe) -> dict[str, Any]:
+    """Real inputs and the FP32 graph's outputs for them (that graph matched PyTorch at export)."""
+    from mmedge.calibration import open_compare_data
+    from mmedge.targets.onnxruntime import OrtSession
+
+    session = OrtSession(fp32, threads=2)
+    try:
+        data = open_compare_data(recipe)
+        return write_parity(
+            out, data, recipe.targets.tensorrt.parity_samples, session.run, recipe.outputs
+        )
+    finally:
+        session.close()
