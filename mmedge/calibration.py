@@ -18,7 +18,7 @@ import numpy as np
 
 from mmedge.errors import InputSpecError
 from mmedge.inputs import Feeds, Point, batch_size, dummy_feeds, validate_feeds
-from mmedge.recipe import Recipe
+from mmedge.recipe import DataFactory, Recipe
 
 
 @dataclass(frozen=True)
@@ -221,3 +221,23 @@ def open_compare_data(recipe: Recipe, samples: int | None = None) -> DataSource:
             "compare needs data: add an 'eval' (labelled) or 'calibration' section to the recipe"
         )
     return data.limited(samples) if samples is not None else data
+
+
+def data_from_factory(spec: DataFactory, recipe: Recipe) -> DataSource:
+    """Call ``spec.factory(**spec.kwargs)`` and check what it returns against the recipe."""
+    import importlib
+
+    module_name, attr = spec.factory.split(":")
+    try:
+        factory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as err:
+        raise InputSpecError(f"cannot load data factory {spec.factory}: {err}") from None
+    data = factory(**spec.kwargs)
+    if not all(hasattr(data, a) for a in ("batches", "samples", "describe", "limited")):
+        raise InputSpecError(
+            f"data factory {spec.factory} returned {type(data).__name__}, expected a data source "
+            "(batches(), samples, describe(), limited(): see mmedge.calibration.DataSource)"
+        )
+    first = next(data.batches(1))
+    validate_feeds(first.feeds, recipe, f"data factory {spec.factory}")
+    return data  # type: ignore[no-any-return]

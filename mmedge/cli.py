@@ -295,6 +295,68 @@ def bench(
     console.print_json(result) if as_json else console.bench(result)
 
 
+def _branch_ratios(values: list[str] | None) -> dict[str, float]:
+    """--branch image=0.5 --branch text=0.3 → {"image": 0.5, "text": 0.3}."""
+    from mmedge.errors import RecipeError
+
+    found: dict[str, float] = {}
+    for item in values or []:
+        name, sep, ratio = item.partition("=")
+        try:
+            found[name.strip()] = float(ratio)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise RecipeError(f"--branch takes NAME=RATIO (e.g. image=0.5), got {item!r}")
+    return found
+
+
+@app.command()
+@_handled
+def prune(
+    recipe: Path = RecipeArg,
+    ratio: float | None = typer.Option(None, help="Ratio for every branch not given by --branch."),
+    branch: list[str] | None = typer.Option(
+        None, "--branch", help="NAME=RATIO for one branch (repeatable), e.g. --branch text=0.3."
+    ),
+    importance: str | None = typer.Option(None, help="magnitude or taylor."),
+    sparsity: str | None = typer.Option(None, help="none, unstructured or 2:4."),
+    recover: str | None = typer.Option(None, help="distill, finetune or none."),
+    epochs: int | None = typer.Option(None, help="Recovery epochs."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/pruned]"
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a different result at --out."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Structured pruning per branch, optional sparsity, and accuracy recovery by distillation."""
+    from mmedge.pruning import prune_artifact
+
+    overrides: dict[str, Any] = {}
+    for key, value in (
+        ("ratio", ratio),
+        ("importance", importance),
+        ("sparsity.mode", sparsity),
+        ("recover.mode", recover),
+        ("recover.epochs", epochs),
+    ):
+        if value is not None:
+            overrides[f"prune.{key}"] = value
+    ratios = _branch_ratios(branch)
+    if ratios:
+        overrides["prune.branches"] = ratios
+    loaded = _load(recipe, overrides)
+    if loaded.prune is None:
+        loaded = _load(recipe, {**overrides, "prune": {}})
+    out = out or Path("runs") / loaded.name / "pruned"
+    with console.training(not as_json) as (progress, on_step):
+        manifest = prune_artifact(loaded, out, force, progress, on_step)
+    report = manifest["steps"]["prune"]
+    console.print_json({"directory": str(out), **manifest}) if as_json else console.prune(
+        report, str(out)
+    )
+
+
 @app.command()
 @_handled
 def check(

@@ -245,3 +245,75 @@ def findings(data: Mapping[str, Any]) -> None:
             escape(f["message"]),
         )
     out.print(table)
+
+
+@contextlib.contextmanager
+def training(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
+    """A status line for steps and a progress bar for recovery: (progress, on_step) callbacks."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled:
+        yield (lambda _msg: None), None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    with bar:
+        status = bar.add_task("starting", total=None)
+        recovery: list[Any] = []
+
+        def progress(msg: str) -> None:
+            bar.update(status, description=escape(msg))
+
+        def on_step(epoch: int, epochs: int, step: int, steps: int, loss: float) -> None:
+            if not recovery:
+                recovery.append(bar.add_task("recovery", total=epochs * steps))
+            done = (epoch - 1) * steps + step
+            bar.update(
+                recovery[0],
+                completed=done,
+                description=f"recovery epoch {epoch}/{epochs}, loss {loss:.4f}",
+            )
+
+        yield progress, on_step
+
+
+def prune(report: Mapping[str, Any], directory: str) -> None:
+    before, after = report["before"], report["after"]
+    table = Table(title="pruning: before → after (ONNX Runtime FP32 at opt shapes, batch 1)")
+    for col in ("branch", "ratio", "parameters", "MMACs", "ORT ms (profiled)"):
+        table.add_column(col, justify="left" if col == "branch" else "right")
+    ratios = report["structured"]["ratios"]
+    for name, b in before["stats"].items():
+        a = after["stats"][name]
+        if name == "other" and not b["params"]:
+            continue
+        ms_b = before["onnxruntime_fp32"]["branch_ms"].get(name)
+        ms_a = after["onnxruntime_fp32"]["branch_ms"].get(name)
+        table.add_row(
+            name,
+            "" if name == "total" else f"{ratios.get(name, 0.0):g}",
+            f"{b['params']:,} → {a['params']:,}",
+            f"{b['macs'] / 1e6:.2f} → {a['macs'] / 1e6:.2f}",
+            "" if ms_b is None else f"{ms_b:.3f} → {ms_a:.3f}",
+        )
+    out.print(table)
+    p50_b, p50_a = before["onnxruntime_fp32"]["p50_ms"], after["onnxruntime_fp32"]["p50_ms"]
+    out.print(f"end-to-end p50: {p50_b:.3f} ms → {p50_a:.3f} ms ({p50_b / p50_a:.2f}x)")
+    for name, (h0, h1) in report["structured"]["heads"].items():
+        if h0 != h1:
+            out.print(f"attention heads in {name}: {h0} → {h1}")
+    accs = (before.get("accuracy"), report.get("after_pruning_accuracy"), after.get("accuracy"))
+    if accs[0] is not None:
+        out.print(
+            f"accuracy: {accs[0]:.2f}% unpruned → {accs[1]:.2f}% pruned → "
+            f"{accs[2]:.2f}% after recovery"
+        )
+    if "sparsity" in report:
+        out.print(f"[yellow]note:[/] {escape(report['sparsity']['note'])}")
+    out.print(f"next: mmedge export {escape(directory)}/recipe.yaml --target ...")

@@ -107,7 +107,7 @@ def _run_exporter(model: nn.Module, recipe: Recipe, exporter: str) -> onnx.Model
     elif exporter == "dynamo":
         # The dynamo exporter implements opset >= 18 only.
         kwargs["opset_version"] = max(18, recipe.export.opset)
-        kwargs["dynamic_shapes"] = _dynamic_shapes(recipe)
+        kwargs["dynamic_shapes"] = dynamic_shapes(recipe)
     else:
         kwargs["dynamic_axes"] = {
             name: {i: d for i, d in enumerate(spec.shape) if isinstance(d, str)}
@@ -149,7 +149,7 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(saved)
 
 
-def _dynamic_shapes(recipe: Recipe) -> dict[str, dict[int, Any]]:
+def dynamic_shapes(recipe: Recipe) -> dict[str, dict[int, Any]]:
     import torch
 
     dims = {
@@ -173,6 +173,11 @@ def _finish(proto: onnx.ModelProto, recipe: Recipe, out: Path) -> None:
         )
     _check_graph_dims(proto, recipe)
     normalize_node_names(proto)
+    # The dynamo exporter annotates every node with its stack trace, FX node and class
+    # hierarchy: half the bytes of a small model, debug data nothing downstream reads (the
+    # module scope now lives in the node name), so the artifact does not ship it.
+    for node in proto.graph.node:
+        del node.metadata_props[:]
     try:
         onnx.checker.check_model(proto, full_check=False)
         proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False)

@@ -29,6 +29,7 @@ def load_torch_model(recipe: Recipe) -> nn.Module:
         raise ModelLoadError(f"{src.path} is an ONNX model; this step needs a PyTorch model")
     if src.path is not None:
         model = _from_pt2(src)  # its train/eval mode was fixed when it was exported
+        check_program_inputs(getattr(model, "exported_program", None), recipe, src.path.name)
     else:
         model = _from_factory(src)
         model.eval()
@@ -104,6 +105,42 @@ def _from_pt2(src: ModelSource) -> nn.Module:
     except Exception as err:
         raise ModelLoadError(f"cannot load {src.path} as a torch.export program: {err}") from None
     return _program_module(program)
+
+
+def program_input_specs(program: Any) -> dict[str, tuple[list[int | None], str]]:
+    """Each user input's shape (None where dynamic) and dtype, from the program's graph."""
+    found: dict[str, tuple[list[int | None], str]] = {}
+    names = {str(n) for n in program.graph_signature.user_inputs}
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in names and "val" in node.meta:
+            val = node.meta["val"]
+            dims = [d if isinstance(d, int) else None for d in val.shape]
+            found[node.name] = (dims, str(val.dtype).removeprefix("torch."))
+    return found
+
+
+def check_program_inputs(program: Any, recipe: Recipe, path: str) -> None:
+    """A saved program (e.g. a pruned model) must take what the recipe declares."""
+    specs = program_input_specs(program)
+    for name, (dims, dtype) in specs.items():
+        spec = recipe.inputs.get(name)
+        if spec is None:
+            continue  # names are checked against forward() by check_signature
+        static = [d if isinstance(d, int) else None for d in spec.shape]
+        mismatch = (
+            len(dims) != len(static)
+            or dtype != spec.dtype
+            or any(
+                want is not None and got is not None and want != got
+                for want, got in zip(static, dims, strict=False)
+            )
+        )
+        if mismatch:
+            raise InputSpecError(
+                f"{path} takes input '{name}' of shape {['?' if d is None else d for d in dims]} "
+                f"({dtype}); the recipe declares {spec.shape} ({spec.dtype})",
+                hint="use the recipe the program was saved with (e.g. the pruned directory's recipe.yaml)",
+            )
 
 
 def _program_module(program: Any) -> nn.Module:

@@ -17,6 +17,7 @@ from mmedge.calibration import DataSource, open_calibration, open_compare_data
 from mmedge.compare import CompareReport, Runner, compare_runners, gate_failures
 from mmedge.errors import (
     AccuracyError,
+    ArtifactError,
     DependencyMissing,
     InputSpecError,
     RecipeError,
@@ -146,6 +147,11 @@ def open_artifact(directory: Path) -> tuple[dict[str, Any], Recipe, Path]:
 def _load_session(
     manifest: dict[str, Any], recipe: Recipe, artifact: Path, config: SessionConfig
 ) -> Session:
+    if manifest["target"] == "pytorch":
+        raise ArtifactError(
+            f"{artifact.parent} holds a pruned PyTorch model, not a target artifact",
+            hint=f"export it first: mmedge export {artifact.parent / 'recipe.yaml'} --target ...",
+        )
     target = get_target(manifest["target"])
     return target.load(artifact, recipe, manifest["precision"], config)
 

@@ -248,12 +248,69 @@ class TensorRtTarget(_Strict):
     fp16_keep_fp32_ops: list[str] = Field(default_factory=lambda: list(_FP16_KEEP_FP32))
     parity_samples: PosInt = 16  # inputs + expected outputs bundled for checks on the device
     cuda_device: Annotated[int, Field(ge=0)] = 0
+    sparse_weights: bool = False  # set by `mmedge prune` for 2:4 models (sparse tensor cores)
 
 
 class TargetsConfig(_Strict):
     onnxruntime: OnnxRuntimeTarget = Field(default_factory=OnnxRuntimeTarget)
     openvino: OpenVinoTarget = Field(default_factory=OpenVinoTarget)
     tensorrt: TensorRtTarget = Field(default_factory=TensorRtTarget)
+
+
+Ratio = Annotated[float, Field(ge=0, lt=1)]
+
+
+class SparsityConfig(_Strict):
+    """Zeros inside dense tensors: 2:4 is what sparse tensor cores (TensorRT) can use;
+    unstructured sparsity shrinks nothing and speeds nothing up on dense kernels."""
+
+    mode: Literal["none", "unstructured", "2:4"] = "none"
+    ratio: Ratio = 0.5  # unstructured only; 2:4 is always half
+
+
+class DataFactory(_Strict):
+    """A data source made by Python code: ``package.module:function`` called with ``kwargs``,
+    returning an mmedge data source (``mmedge.calibration.DataSource``)."""
+
+    factory: str
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("factory")
+    @classmethod
+    def _shape(cls, value: str) -> str:
+        if not _FACTORY.match(value):
+            raise ValueError(f"factory must look like 'package.module:function', got {value!r}")
+        return value
+
+
+class RecoverConfig(_Strict):
+    """Accuracy recovery after pruning: distillation from the unpruned model (no labels needed)
+    or fine-tuning on labels."""
+
+    mode: Literal["distill", "finetune", "none"] = "distill"
+    epochs: PosInt = 12
+    lr: Annotated[float, Field(gt=0)] = 3e-3  # peak; decays along a cosine
+    batch: PosInt = 32
+    temperature: Annotated[float, Field(gt=0)] = 2.0
+    # Weight of a per-branch MSE between student and teacher branch embeddings (branches whose
+    # output width pruning left unchanged); 0 turns it off.
+    feature_weight: Annotated[float, Field(ge=0)] = 0.0
+    # Shards or a data factory to train on; None: the calibration set (distill). Finetuning
+    # needs labels.
+    data: Path | DataFactory | None = None
+    label_key: str = "label"
+
+
+class PruneConfig(_Strict):
+    ratio: Ratio = 0.0  # every branch not listed in `branches`
+    branches: dict[str, Ratio] = Field(default_factory=dict)
+    global_pruning: bool = False  # rank channels across layers instead of layer by layer
+    round_to: PosInt = 8  # kept channels a multiple of this (SIMD- and tensor-core-friendly)
+    importance: Literal["magnitude", "taylor"] = "magnitude"  # taylor uses calibration data
+    prune_heads: bool = True  # whole attention heads (head width kept)
+    protect: list[str] = Field(default_factory=list)  # module names whose outputs stay whole
+    sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
+    recover: RecoverConfig = Field(default_factory=RecoverConfig)
 
 
 class CompareGate(_Strict):
@@ -293,12 +350,20 @@ class Recipe(_Strict):
     targets: TargetsConfig = Field(default_factory=TargetsConfig)
     compare: CompareGate = Field(default_factory=CompareGate)
     bench: BenchConfig = Field(default_factory=BenchConfig)
+    prune: PruneConfig | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         _check_axes(self)
         _check_branches(self)
         _check_batches(self)
+        if self.prune is not None:
+            unknown = sorted(set(self.prune.branches) - set(self.branches))
+            if unknown:
+                raise ValueError(
+                    f"prune.branches names {unknown}, which are not declared branches "
+                    f"(declared: {sorted(self.branches)})"
+                )
         if self.eval is not None and self.eval.output not in (None, *self.outputs):
             raise ValueError(
                 f"eval.output {self.eval.output!r} is not one of outputs {self.outputs}"
@@ -394,7 +459,7 @@ def _check_branches(recipe: Recipe) -> None:
 
 # Path-valued fields, resolved relative to the recipe file so recipes work from any CWD.
 _PATH_FIELDS = (("model", "weights"), ("model", "path"), ("calibration", "path"), ("eval", "path"))
-_NESTED_PATH_FIELDS = ((("targets", "tensorrt"), "timing_cache"),)
+_NESTED_PATH_FIELDS = ((("targets", "tensorrt"), "timing_cache"), (("prune", "recover"), "data"))
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -115,3 +115,96 @@ class DataDependentBranch(FusionNet):
 def data_dependent_branch() -> FusionNet:
     torch.manual_seed(0)
     return DataDependentBranch(TINY)
+
+
+class MhaText(nn.Module):
+    """A text branch built on nn.MultiheadAttention (PyTorch's own attention module)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(16, 8)
+        self.attn = nn.MultiheadAttention(8, num_heads=2, batch_first=True)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(input_ids)
+        x, _ = self.attn(x, x, x, key_padding_mask=attention_mask == 0, need_weights=False)
+        mask = attention_mask.to(x.dtype)[..., None]
+        return self.proj((x * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+def tiny_mha() -> FusionNet:
+    torch.manual_seed(0)
+    model = FusionNet(TINY)
+    model.text_encoder = MhaText()  # type: ignore[assignment]
+    return model
+
+
+class DirectParameterText(nn.Module):
+    """Reads a module's parameter without calling the module (self.positions.weight[:n])."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(16, 8)
+        self.positions = nn.Embedding(16, 8)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(input_ids) + self.positions.weight[: input_ids.shape[1]]
+        mask = attention_mask.to(x.dtype)[..., None]
+        return self.proj((x * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+def direct_parameter() -> FusionNet:
+    torch.manual_seed(0)
+    model = FusionNet(TINY)
+    model.text_encoder = DirectParameterText()  # type: ignore[assignment]
+    return model
+
+
+class FixedWidth(nn.Module):
+    """Reshapes with a channel count written into the code: pruning cannot change it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], 8, -1).mean(2)
+
+
+class FixedWidthImage(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = FixedWidth()
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.pool(torch.relu(self.conv(image))))
+
+
+def fixed_width() -> FusionNet:
+    torch.manual_seed(0)
+    model = FusionNet(TINY)
+    model.image_encoder = FixedWidthImage()  # type: ignore[assignment]
+    return model
+
+
+class ClipStyleText(nn.Module):
+    """A positional embedding as a bare nn.Parameter (CLIP's style), which Torch-Pruning can
+    follow as an 'unwrapped' parameter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(16, 8)
+        self.positional_embedding = nn.Parameter(torch.randn(16, 8) * 0.02)
+        self.proj = nn.Linear(8, 8)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.tokens(input_ids) + self.positional_embedding[: input_ids.shape[1]]
+        mask = attention_mask.to(x.dtype)[..., None]
+        return self.proj((x * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+
+
+def clip_style() -> FusionNet:
+    torch.manual_seed(0)
+    model = FusionNet(TINY)
+    model.text_encoder = ClipStyleText()  # type: ignore[assignment]
+    return model

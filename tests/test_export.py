@@ -43,6 +43,7 @@ def test_export_keeps_names_axes_and_branch_scopes(tmp_path: Path, exporter: str
     ops = {n.op_type for n in proto.graph.node if n.name in by_branch["image"]}
     assert "Conv" in ops
     assert len({n.name for n in proto.graph.node}) == len(proto.graph.node), "names are unique"
+    assert not any(n.metadata_props for n in proto.graph.node), "exporter debug data is dropped"
 
     # The same file runs at shapes other than the traced ones and matches PyTorch there.
     session = OrtSession(out, threads=1)

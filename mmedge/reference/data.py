@@ -13,9 +13,11 @@ the train and held-out splits never overlap; every function takes an explicit ge
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -193,3 +195,42 @@ def write_shards(
         np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
         written.append(path)
     return written
+
+
+class TrainingStream:
+    """Labelled samples from the training scans with fresh corruptions on every pass, as in
+    training: an mmedge data source (``prune.recover.data: {factory: ...}``) that needs no
+    shipped files. Deterministic for a seed."""
+
+    label_key = "label"
+
+    def __init__(self, samples: int = 2048, seed: int = 7) -> None:
+        self.samples = samples
+        self.seed = seed
+        self._passes = 0
+
+    def batches(self, batch: int) -> Iterator[Any]:
+        from mmedge.calibration import Batch
+
+        rng = np.random.default_rng((self.seed, self._passes))
+        self._passes += 1
+        data = split("train")
+        idx = np.resize(rng.permutation(len(data.labels)), self.samples)
+        for k, start in enumerate(range(0, self.samples, batch)):
+            seq, frames = SHARD_SHAPES[k % len(SHARD_SHAPES)]
+            feeds, labels = make_batch(data, idx[start : start + batch], seq, frames, rng)
+            yield Batch(feeds, labels)
+
+    def first(self, batch: int) -> Feeds:
+        feeds: Feeds = next(self.batches(batch)).feeds
+        return feeds
+
+    def limited(self, samples: int) -> TrainingStream:
+        return TrainingStream(min(samples, self.samples), self.seed)
+
+    def describe(self) -> str:
+        return f"the reference training scans, freshly corrupted ({self.samples} samples, seed {self.seed})"
+
+
+def training_stream(samples: int = 2048, seed: int = 7) -> TrainingStream:
+    return TrainingStream(samples, seed)

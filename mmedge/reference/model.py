@@ -133,7 +133,10 @@ class TextEncoder(nn.Module):
         self.proj = nn.Linear(cfg.text_dim, cfg.embed_dim)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        x = self.tokens(input_ids) + self.positions.weight[: input_ids.shape[1]]
+        # Position ids through the module (not positions.weight[:S]): pruning tools follow
+        # module calls, and a parameter used outside its module's forward is left unpruned.
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.tokens(input_ids) + self.positions(positions)
         mask = attention_mask.to(x.dtype)
         # -1e4, not -inf: a fully padded row stays finite, and the value fits FP16.
         bias = (1.0 - mask)[:, None, None, :] * -1e4

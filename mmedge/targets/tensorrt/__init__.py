@@ -88,7 +88,8 @@ class TensorRtTarget:
         details["rules"] = summary(findings)
         profile = profile_shapes(recipe)
         write_profile(out_dir / PROFILE, profile, {"precision": precision})
-        (out_dir / SCRIPT).write_text(build_script(profile, recipe.targets.tensorrt))
+        sparse = recipe.targets.tensorrt.sparse_weights
+        (out_dir / SCRIPT).write_text(build_script(profile, recipe.targets.tensorrt, sparse))
         (out_dir / SCRIPT).chmod(0o755)
         details["parity"] = _write_parity(out_dir / PARITY, onnx_path, recipe)
         details["engine"] = self._engine_here(out_dir, recipe, details["rules"]["errors"])

@@ -157,6 +157,8 @@ def _build_with_api(
                 hint="export --precision fp16 instead: an FP16 ONNX builds on every version",
             )
         config.set_flag(fp16)
+    if cfg.sparse_weights:  # a 2:4 model from `mmedge prune`: let sparse tensor cores use it
+        config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
     cache_path = cfg.timing_cache or directory / TIMING_CACHE
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
     config.set_timing_cache(cache, ignore_mismatch=False)
