@@ -6,7 +6,9 @@ CPU features and library versions, since an INT8 figure means nothing without th
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -97,3 +99,26 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def fresh_process(cmd: list[str]) -> dict[str, Any]:
+    """Run ``cmd`` in a fresh process: wall seconds, peak RSS (MB, from the kernel), stdout.
+
+    A wrapper process per run, so RUSAGE_CHILDREN holds this command's peak alone.
+    """
+    code = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+        "wall = time.perf_counter() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
+        "print(json.dumps({'rc': p.returncode, 'wall_s': wall, 'peak_rss_mb': rss,"
+        " 'stdout': p.stdout, 'stderr': p.stderr[-2000:]}))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True
+    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    if result["rc"] != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} failed: {result['stderr']}")
+    return result

@@ -10,29 +10,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import RECIPES, median, table, write_results
+from benchmarks.common import RECIPES, fresh_process, median, table, write_results
 
 METHODS = ("minmax", "entropy", "percentile")
 
 
 def run_once(method: str, out: Path) -> dict[str, Any]:
-    # A wrapper process per run: RUSAGE_CHILDREN then holds this run's peak alone.
-    code = (
-        "import json, resource, subprocess, sys, time\n"
-        "t = time.perf_counter()\n"
-        "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
-        "wall = time.perf_counter() - t\n"
-        "rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024\n"
-        "print(json.dumps({'rc': p.returncode, 'wall_s': wall, 'peak_rss_mb': rss,"
-        " 'stdout': p.stdout, 'stderr': p.stderr[-2000:]}))\n"
-    )
     mmedge = Path(sys.executable).with_name("mmedge")
     cmd = [
         str(mmedge),
@@ -47,12 +35,7 @@ def run_once(method: str, out: Path) -> dict[str, Any]:
         "--force",
         "--json",
     ]
-    done = subprocess.run(
-        [sys.executable, "-c", code, *cmd], capture_output=True, text=True, check=True
-    )
-    result = json.loads(done.stdout)
-    if result["rc"] != 0:
-        raise RuntimeError(f"mmedge quantize failed: {result['stderr']}")
+    result = fresh_process(cmd)
     manifest = json.loads(result.pop("stdout"))
     build = manifest["steps"]["build"]
     return {
@@ -67,7 +50,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    assert resource.RUSAGE_CHILDREN is not None
     results: dict[str, Any] = {}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

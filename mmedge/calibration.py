@@ -106,12 +106,18 @@ class ShardDataset:
     """A validated, streamable set of shards; ``limit`` caps the samples taken (in file order)."""
 
     def __init__(
-        self, path: Path, recipe: Recipe, label_key: str | None = None, limit: int | None = None
+        self,
+        path: Path,
+        recipe: Recipe,
+        label_key: str | None = None,
+        limit: int | None = None,
+        ignore: frozenset[str] = frozenset(),
     ) -> None:
         self.path = path
         self.recipe = recipe
         self.label_key = label_key
         self.limit = limit
+        self.ignore = ignore  # arrays dropped on read: labels of a set used unlabelled
         self.shards = _list_shards(path)
         self.samples = self._validate()
 
@@ -122,6 +128,8 @@ class ShardDataset:
                 arrays = {k: npz[k] for k in npz.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
             raise InputSpecError(f"cannot read shard {shard}: {err}") from None
+        for name in self.ignore:
+            arrays.pop(name, None)
         labels = None
         if self.label_key is not None:
             if self.label_key not in arrays:
@@ -166,7 +174,9 @@ class ShardDataset:
         return next(self.batches(batch)).feeds
 
     def limited(self, samples: int) -> ShardDataset:
-        return ShardDataset(self.path, self.recipe, self.label_key, min(samples, self.samples))
+        return ShardDataset(
+            self.path, self.recipe, self.label_key, min(samples, self.samples), self.ignore
+        )
 
     def describe(self) -> str:
         return f"{self.path} ({self.samples} samples)"
@@ -202,7 +212,9 @@ def open_calibration(recipe: Recipe) -> DataSource:
     if cfg.synthetic is not None:
         return SyntheticDataset(recipe, cfg.samples or cfg.synthetic.samples, cfg.synthetic.seed)
     assert cfg.path is not None  # the schema requires one of the two
-    return ShardDataset(cfg.path, recipe, limit=cfg.samples)
+    # A labelled set (e.g. built by `mmedge calib build` from labelled files) calibrates too.
+    labels = {"label", recipe.eval.label_key if recipe.eval else "label"} - set(recipe.inputs)
+    return ShardDataset(cfg.path, recipe, limit=cfg.samples, ignore=frozenset(labels))
 
 
 def open_eval(recipe: Recipe) -> ShardDataset | None:

@@ -407,5 +407,91 @@ def build(
     console.print_json(manifest) if as_json else console.manifest(manifest, str(directory))
 
 
+calib_app = typer.Typer(
+    help="Build calibration sets from raw image/text/audio files, and inspect any set.",
+    no_args_is_help=True,
+)
+app.add_typer(calib_app, name="calib")
+
+
+@calib_app.command("build")
+@_handled
+def calib_build(
+    recipe: Path = RecipeArg,
+    source: Path = typer.Option(
+        ...,
+        "--from",
+        help="A folder with one sub-folder per preprocess field (files paired by name), "
+        "or a .csv/.jsonl manifest.",
+        show_default=False,
+    ),
+    out: Path = typer.Option(
+        ..., "--out", "-o", help="Output directory, e.g. calibration/NAME.", show_default=False
+    ),
+    samples: int | None = typer.Option(
+        None, min=1, help="Samples to take (stratified by label, spread over length buckets)."
+    ),
+    seed: int = typer.Option(0, help="Seed for sampling and zeroed-modality choices."),
+    shard_size: int = typer.Option(64, min=1, help="Samples per .npz shard (one shape each)."),
+    min_per_bucket: int = typer.Option(8, min=1, help="Warn below this many samples per length."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Leave out unreadable samples instead of failing (listed)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a different set at --out."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Preprocess raw files into a sharded .npz calibration set with manifest and preprocess.json."""
+    from mmedge.calib.build import build_calibration
+
+    loaded = _load(recipe, {})
+    with console.counting(not as_json) as progress:
+        manifest = build_calibration(
+            loaded,
+            source,
+            out,
+            samples,
+            seed,
+            shard_size,
+            min_per_bucket,
+            skip_bad,
+            force,
+            progress,
+        )
+    if as_json:
+        console.print_json({"directory": str(out), **manifest})
+        return
+    data = {**manifest["calibration"]}
+    console.calibration_set(data, str(out))
+    src = manifest["source"]
+    console.out.print(
+        f"{data['samples']} of {src['usable']} usable samples ({src['available']} found) in "
+        f"{data['shards']} shards, {manifest['seconds']} s → {out}"
+        + (f"; {src['skipped_count']} left out (--skip-bad)" if src["skipped_count"] else "")
+    )
+
+
+@calib_app.command("inspect")
+@_handled
+def calib_inspect(
+    path: Path = typer.Argument(..., help="A directory of .npz shards, or one .npz file."),
+    recipe: Path | None = typer.Option(
+        None, "--recipe", help="Check names, dtypes, shapes, token ranges and axis coverage."
+    ),
+    label_key: str = typer.Option("label", help="Array holding labels (not a model input)."),
+    min_per_bucket: int = typer.Option(8, min=1, help="Warn below this many samples per length."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 4 when there are warnings."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Statistics of a calibration set and warnings (constant inputs, NaN, token ids, shapes)."""
+    from mmedge.calib.inspect import inspect_set
+    from mmedge.errors import InputSpecError
+
+    loaded = _load(recipe, {}) if recipe is not None else None
+    data = inspect_set(path, loaded, label_key, min_per_bucket)
+    console.print_json(data) if as_json else console.calibration_set(data, str(path))
+    if strict and data["warnings"]:
+        raise InputSpecError(f"{len(data['warnings'])} warning(s) in {path} (--strict)")
+
+
 def main() -> None:
     app()

@@ -317,3 +317,62 @@ def prune(report: Mapping[str, Any], directory: str) -> None:
     if "sparsity" in report:
         out.print(f"[yellow]note:[/] {escape(report['sparsity']['note'])}")
     out.print(f"next: mmedge export {escape(directory)}/recipe.yaml --target ...")
+
+
+@contextlib.contextmanager
+def counting(enabled: bool = True) -> Iterator[Any]:
+    """A progress bar per stage for ``progress(stage, done, total)`` callbacks; only on a
+    terminal (a bar in a log file is noise)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not enabled or not err.is_terminal:
+        yield lambda *_: None
+        return
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
+    tasks: dict[str, Any] = {}
+    with bar:
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done, total=total)
+
+        yield progress
+
+
+def calibration_set(data: Mapping[str, Any], title: str) -> None:
+    """Per-input statistics of a calibration set, then its warnings."""
+    table = Table(title=f"{escape(title)}: {data['samples']} samples")
+    for col in ("input", "dtype", "shape", "min", "max", "mean", "std"):
+        table.add_column(col, justify="left" if col in ("input", "dtype", "shape") else "right")
+    for name, s in data["inputs"].items():
+        shape = "[" + ", ".join(str(d) for d in s["shape"]) + "]"
+        table.add_row(
+            escape(name),
+            s["dtype"],
+            escape(shape),
+            _fmt(s["min"]),
+            _fmt(s["max"]),
+            _fmt(s["mean"]),
+            _fmt(s["std"]),
+        )
+    out.print(table)
+    for name, s in data["inputs"].items():
+        for position, sizes in enumerate(s["sizes"], 1):
+            if len(sizes) > 1:
+                counts = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+                out.print(f"{escape(name)} dim {position} (samples per size): {counts}")
+    if data.get("labels"):
+        out.print("labels: " + ", ".join(f"{k}: {v}" for k, v in data["labels"].items()))
+    warnings = data.get("warnings") or []
+    for w in warnings:
+        out.print(f"[yellow]warning:[/] {escape(w['message'])}", soft_wrap=True)
+    if not warnings:
+        out.print("[green]no warnings[/]")

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mmedge.errors import RecipeError
+from mmedge.preprocess.spec import PrepSpec
 
 Dtype = Literal["float32", "float16", "int64", "int32", "bool", "uint8"]
 Modality = Literal["image", "text", "audio", "tabular", "other"]
@@ -351,6 +352,8 @@ class Recipe(_Strict):
     compare: CompareGate = Field(default_factory=CompareGate)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     prune: PruneConfig | None = None
+    # Raw field name (a folder per field, or a manifest column) -> how it becomes inputs.
+    preprocess: dict[str, PrepSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
@@ -464,6 +467,9 @@ _NESTED_PATH_FIELDS = ((("targets", "tensorrt"), "timing_cache"), (("prune", "re
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     blocks = [((section,), key) for section, key in _PATH_FIELDS] + list(_NESTED_PATH_FIELDS)
+    prep = raw.get("preprocess")
+    if isinstance(prep, dict):  # tokenizer files, under field names the recipe chooses
+        blocks += [(("preprocess", name), "tokenizer") for name in prep]
     for sections, key in blocks:
         block: Any = raw
         for section in sections:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,11 +37,15 @@ def test_every_mmedge_command_in_the_readme_runs(
 ) -> None:
     lines = [line.strip() for block in _sh_blocks() for line in block.splitlines()]
     commands = [shlex.split(line)[1:] for line in lines if line.startswith("mmedge ")]
+    # Data the later commands read (e.g. `python -m mmedge.reference.raw`), run in order first.
+    scripts = [shlex.split(line) for line in lines if line.startswith("python -m mmedge.")]
     assert len(commands) >= 6
     if importlib.util.find_spec("openvino") is None:  # the extra is optional
         commands = [c for c in commands if not any("openvino" in a for a in c)]
     (tmp_path / "recipes").symlink_to(REPO / "recipes")  # outputs land under tmp_path/runs
     monkeypatch.chdir(tmp_path)
+    for script in scripts:
+        subprocess.run([sys.executable, *script[1:]], check=True, capture_output=True)
     runner = CliRunner()
     for args in commands:
         result = runner.invoke(app, args)

@@ -1,0 +1,1 @@
+"""``mmedge calib``: build calibration sets from raw multimodal files, and inspect any set."""

@@ -1,0 +1,90 @@
+"""Images through Pillow: decode, colour mode, resize (+ centre crop), scale, mean/std, layout."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmedge.errors import require
+from mmedge.preprocess.errors import SampleError
+from mmedge.preprocess.spec import ImagePrep
+
+
+class ImageField:
+    def __init__(self, spec: ImagePrep) -> None:
+        require("PIL", "calib")
+        from PIL import Image
+
+        self.spec = spec
+        self._filter = {
+            "nearest": Image.Resampling.NEAREST,
+            "bilinear": Image.Resampling.BILINEAR,
+            "bicubic": Image.Resampling.BICUBIC,
+            "lanczos": Image.Resampling.LANCZOS,
+        }[spec.interpolation]
+        channels = 1 if spec.mode == "L" else 3
+        self._mean = np.asarray(spec.mean * (channels // len(spec.mean)), np.float32)
+        self._std = np.asarray(spec.std * (channels // len(spec.std)), np.float32)
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.spec.input]
+
+    def length(self, value: Path | str) -> int | None:
+        """None: a resized image always has `size`. Reads the header, so a file that is not
+        an image is found while scanning; a truncated one only when decoded."""
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(value):
+                pass
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise SampleError(f"cannot read image: {err}") from None
+        return None
+
+    def process(self, value: Path | str, bucket: int | None) -> dict[str, np.ndarray]:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(value) as img:
+                img.load()  # decode now: truncated files fail here, not later
+                pixels = self._resize(img.convert("L" if self.spec.mode == "L" else "RGB"))
+        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+            raise SampleError(f"cannot read image: {err}") from None
+        except Image.DecompressionBombError as err:
+            raise SampleError(f"image too large: {err}") from None
+        array = np.asarray(pixels, np.float32) * np.float32(self.spec.scale)
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if self.spec.mode == "BGR":
+            array = array[:, :, ::-1]
+        array = (array - self._mean) / self._std
+        if self.spec.layout == "NCHW":
+            array = array.transpose(2, 0, 1)
+        return {self.spec.input: np.ascontiguousarray(array, dtype=np.float32)}
+
+    def _resize(self, img: object) -> object:
+        from PIL import Image
+
+        assert isinstance(img, Image.Image)
+        height, width = self.spec.size
+        if self.spec.resize_shorter is None:
+            if img.size != (width, height):
+                img = img.resize((width, height), self._filter)
+            return img
+        short = self.spec.resize_shorter
+        w, h = img.size
+        scale = short / min(w, h)
+        new = (max(width, round(w * scale)), max(height, round(h * scale)))
+        img = img.resize(new, self._filter)
+        left, top = (new[0] - width) // 2, (new[1] - height) // 2
+        return img.crop((left, top, left + width, top + height))
+
+    def zeros(self, bucket: int | None) -> dict[str, np.ndarray]:
+        height, width = self.spec.size
+        channels = 1 if self.spec.mode == "L" else 3
+        shape = (
+            (channels, height, width) if self.spec.layout == "NCHW" else (height, width, channels)
+        )
+        return {self.spec.input: np.zeros(shape, np.float32)}
