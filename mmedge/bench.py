@@ -25,6 +25,8 @@ class LatencyStats:
     min: float
     max: float
     std: float
+    # Every 5th percentile (0..100): enough to draw the distribution without the raw samples.
+    quantiles: tuple[float, ...] = ()
 
 
 def latency_stats(samples_ms: np.ndarray) -> LatencyStats:
@@ -40,6 +42,7 @@ def latency_stats(samples_ms: np.ndarray) -> LatencyStats:
         min=float(np.min(samples_ms)),
         max=float(np.max(samples_ms)),
         std=float(np.std(samples_ms)),
+        quantiles=tuple(float(q) for q in np.percentile(samples_ms, np.arange(0, 101, 5))),
     )
 
 

@@ -407,6 +407,72 @@ def build(
     console.print_json(manifest) if as_json else console.manifest(manifest, str(directory))
 
 
+@app.command("run")
+@_handled
+def run_command(
+    recipe: Path = RecipeArg,
+    targets: str | None = typer.Option(
+        None,
+        help="Comma-separated subset of onnxruntime,openvino,tensorrt [default: the recipe's].",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run directory [default: runs/RECIPE_NAME/run]."
+    ),
+    force: list[str] | None = typer.Option(
+        None,
+        "--force",
+        help="Redo a step (e.g. bench:openvino-int8), a kind of step (bench), or all "
+        "(all also takes over a run directory made by another recipe). Repeatable.",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail (exit 5) when a requested target is not installed."
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Prune (if asked) → export → quantize/build every target → compare → bench → report."""
+    from mmedge.errors import MmedgeError
+    from mmedge.run.engine import run_recipe
+
+    loaded = _load(recipe, {})
+    chosen = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
+    directory = out or Path("runs") / loaded.name / "run"
+    with console.stepping(not as_json) as progress:
+        report = run_recipe(loaded, recipe.resolve(), directory, chosen, force, strict, progress)
+    console.print_json(report) if as_json else console.run_summary(report)
+    failed = [s for s in report["steps"] if s["status"] == "failed"]
+    if failed:
+        first = failed[0]
+        error = MmedgeError(
+            f"{len(failed)} step(s) failed, first {first['step']}: {first['note']}",
+            hint=f"details in {directory}/run.json; fix and run again (finished steps are kept)",
+        )
+        error.exit_code = first["exit_code"] or 1  # type: ignore[misc]
+        raise error
+
+
+@app.command("report")
+@_handled
+def report_command(
+    directory: Path = typer.Argument(..., help="A run directory made by mmedge run."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Re-render a run's report (JSON, Markdown, HTML) from its directory."""
+    from mmedge.run.report import rerender
+
+    report = rerender(directory)
+    console.print_json(report) if as_json else console.run_summary(report)
+
+
+@app.command()
+@_handled
+def doctor(as_json: bool = JsonOpt) -> None:
+    """Backends and versions, CPU features, GPUs, TensorRT, and advice for this machine."""
+    from mmedge.doctor import diagnose
+
+    data = diagnose()
+    console.print_json(data) if as_json else console.doctor(data)
+
+
 calib_app = typer.Typer(
     help="Build calibration sets from raw image/text/audio files, and inspect any set.",
     no_args_is_help=True,

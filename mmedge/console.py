@@ -247,15 +247,11 @@ def findings(data: Mapping[str, Any]) -> None:
     out.print(table)
 
 
-@contextlib.contextmanager
-def training(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
-    """A status line for steps and a progress bar for recovery: (progress, on_step) callbacks."""
+def _bar() -> Any:
+    """A transient progress bar on stderr: description, bar, n/total, elapsed."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if not enabled:
-        yield (lambda _msg: None), None
-        return
-    bar = Progress(
+    return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -263,6 +259,15 @@ def training(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
         console=err,
         transient=True,
     )
+
+
+@contextlib.contextmanager
+def training(enabled: bool = True) -> Iterator[tuple[Any, Any]]:
+    """A status line for steps and a progress bar for recovery: (progress, on_step) callbacks."""
+    if not enabled:
+        yield (lambda _msg: None), None
+        return
+    bar = _bar()
     with bar:
         status = bar.add_task("starting", total=None)
         recovery: list[Any] = []
@@ -323,19 +328,10 @@ def prune(report: Mapping[str, Any], directory: str) -> None:
 def counting(enabled: bool = True) -> Iterator[Any]:
     """A progress bar per stage for ``progress(stage, done, total)`` callbacks; only on a
     terminal (a bar in a log file is noise)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     if not enabled or not err.is_terminal:
         yield lambda *_: None
         return
-    bar = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    )
+    bar = _bar()
     tasks: dict[str, Any] = {}
     with bar:
 
@@ -376,3 +372,73 @@ def calibration_set(data: Mapping[str, Any], title: str) -> None:
         out.print(f"[yellow]warning:[/] {escape(w['message'])}", soft_wrap=True)
     if not warnings:
         out.print("[green]no warnings[/]")
+
+
+@contextlib.contextmanager
+def stepping(enabled: bool = True) -> Iterator[Any]:
+    """One bar over a run's steps, its description the step in progress (terminal only)."""
+    if not enabled or not err.is_terminal:
+        yield lambda *_: None
+        return
+    bar = _bar()
+    with bar:
+        task = bar.add_task("starting", total=None)
+
+        def progress(step: str, done: int, total: int) -> None:
+            bar.update(task, description=escape(step), completed=done, total=total)
+
+        yield progress
+
+
+def run_summary(report: dict[str, Any]) -> None:
+    """The final table of `mmedge run` (the report has every column), what is missing, where."""
+    title = f"mmedge run: {escape(str((report.get('recipe') or {}).get('name')))}"
+    table = Table(title=title)
+    cols = ("variant", "MB", "accuracy", "p50 ms", "speed-up", "worst branch", "slowest branch")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for v in report["variants"]:
+        lat = v.get("p50_rounds_ms")
+        table.add_row(
+            escape(v["name"]),
+            _fmt(v["bytes"] / 1e6 if v["bytes"] else None, 2),
+            "-" if v["accuracy"] is None else f"{v['accuracy']:.2f}%",
+            _fmt(lat, 3),
+            "-" if v["speedup"] is None else f"{v['speedup']:.2f}x",
+            v.get("most_affected") or "-",
+            v.get("dominant_branch") or "-",
+        )
+    out.print(table)
+    for s in report["steps"]:
+        if s["status"] in ("failed", "blocked", "skipped"):
+            style = "red" if s["status"] == "failed" else "yellow"
+            note = f"[{style}]{s['status']}[/] {escape(s['step'])}: {escape(str(s['note']))}"
+            out.print(note, soft_wrap=True)
+    out.print(f"report: {escape(report['directory'])}/report.html (and report.md, report.json)")
+
+
+def doctor(data: Mapping[str, Any]) -> None:
+    table = Table(title="mmedge doctor")
+    for col in ("component", "status", "details"):
+        table.add_column(col)
+    for name, info in data["packages"].items():
+        details = ", ".join(
+            f"{k}: {', '.join(v) if isinstance(v, list) else v}"
+            for k, v in info.items()
+            if k in ("providers", "devices", "error")
+        )
+        status = f"[green]{info['version']}[/]" if info["installed"] else "[red]missing[/]"
+        table.add_row(name, status, escape(details))
+    trt = data["tensorrt"]
+    table.add_row(
+        "tensorrt",
+        f"[green]{trt['version']}[/]" if trt["version"] else "[yellow]not installed[/]",
+        f"trtexec: {trt['trtexec'] or 'not found'}",
+    )
+    cpu = data["cpu"]
+    table.add_row("cpu", escape(str(cpu["name"])), escape(", ".join(cpu["features"]) or "-"))
+    for gpu in data["gpus"] or [{"name": "none found", "compute_capability": "-", "driver": "-"}]:
+        table.add_row("gpu", escape(gpu["name"]), f"compute capability {gpu['compute_capability']}")
+    out.print(table)
+    for line in data["advice"]:
+        out.print(f"[cyan]advice:[/] {escape(line)}", soft_wrap=True)

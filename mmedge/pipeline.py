@@ -144,7 +144,7 @@ def open_artifact(directory: Path) -> tuple[dict[str, Any], Recipe, Path]:
     return manifest, parse_recipe(manifest["recipe"], f"{directory}/manifest.json recipe"), artifact
 
 
-def _load_session(
+def load_session(
     manifest: dict[str, Any], recipe: Recipe, artifact: Path, config: SessionConfig
 ) -> Session:
     if manifest["target"] == "pytorch":
@@ -160,7 +160,7 @@ def reference_runner(recipe: Recipe, reference_dir: Path | None, config: Session
     """Another artifact, the recipe's source ONNX, or the PyTorch FP32 model."""
     if reference_dir is not None:
         manifest, ref_recipe, artifact = open_artifact(reference_dir)
-        return _load_session(manifest, ref_recipe, artifact, config).run
+        return load_session(manifest, ref_recipe, artifact, config).run
     src = recipe.model.path
     if src is not None and src.suffix == ".onnx":
         from mmedge.targets.onnxruntime import OrtSession
@@ -200,7 +200,7 @@ def compare_artifact(
     else:
         data = open_compare_data(recipe, samples)
         reference = reference_runner(recipe, reference_dir, config)
-    candidate = _load_session(manifest, recipe, artifact, replace(config, device=device))
+    candidate = load_session(manifest, recipe, artifact, replace(config, device=device))
     batch = recipe.eval.batch if recipe.eval else 16
     score = recipe.eval.output if recipe.eval else None
     try:
@@ -255,7 +255,7 @@ def bench_artifact(
     feeds = dummy_feeds(recipe, cfg.shape, batch=cfg.batch)
     shapes = {k: tuple(v.shape) for k, v in feeds.items()}
     config = SessionConfig(cfg.threads, cfg.mode, device, static_shapes=shapes)
-    session = _load_session(manifest, recipe, artifact, config)
+    session = load_session(manifest, recipe, artifact, config)
     runtime: np.ndarray | None
     try:
         if cfg.mode == "throughput":
@@ -316,7 +316,7 @@ def _branch_profile(
     feeds: dict[str, np.ndarray],
 ) -> dict[str, float]:
     """Median per-layer times (a separate, profiling session: counters cost speed) per branch."""
-    session = _load_session(manifest, recipe, artifact, replace(config, profile=True))
+    session = load_session(manifest, recipe, artifact, replace(config, profile=True))
     try:
         session.run(feeds)  # warm-up, not profiled apart: backends record from the first run
         layers = session.layer_times(feeds, runs=20)

@@ -314,6 +314,46 @@ class PruneConfig(_Strict):
     recover: RecoverConfig = Field(default_factory=RecoverConfig)
 
 
+_TARGETS = ("onnxruntime", "openvino", "tensorrt")
+_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+class RunConfig(_Strict):
+    """What `mmedge run` builds: TARGET-PRECISION variants, compared and benchmarked."""
+
+    variants: list[str] = Field(
+        default_factory=lambda: [
+            "onnxruntime-fp32",
+            "onnxruntime-int8",
+            "openvino-fp32",
+            "openvino-int8",
+            "tensorrt-int8",
+        ],
+        min_length=1,
+    )
+    # With a prune section: also build the unpruned model (ONNX Runtime FP32) as the baseline
+    # the report's speed-ups are measured against.
+    baseline: bool = True
+    compare_samples: PosInt | None = None  # cap on eval samples for compare and parity
+    # Speed-ups come from rounds that time every variant in turn (median of per-round ratios).
+    latency_rounds: PosInt = 5
+    latency_seconds: Annotated[float, Field(gt=0)] = 0.5  # per variant and round
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, values: list[str]) -> list[str]:
+        for value in values:
+            target, _, precision = value.partition("-")
+            if target not in _TARGETS or precision not in _PRECISIONS:
+                raise ValueError(
+                    f"variant {value!r} is not TARGET-PRECISION with TARGET in {list(_TARGETS)} "
+                    f"and PRECISION in {list(_PRECISIONS)}"
+                )
+        if len(set(values)) != len(values):
+            raise ValueError("variants are listed twice")
+        return values
+
+
 class CompareGate(_Strict):
     """Thresholds; a None threshold is not checked."""
 
@@ -352,6 +392,7 @@ class Recipe(_Strict):
     compare: CompareGate = Field(default_factory=CompareGate)
     bench: BenchConfig = Field(default_factory=BenchConfig)
     prune: PruneConfig | None = None
+    run: RunConfig = Field(default_factory=RunConfig)
     # Raw field name (a folder per field, or a manifest column) -> how it becomes inputs.
     preprocess: dict[str, PrepSpec] = Field(default_factory=dict)
 

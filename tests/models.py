@@ -208,3 +208,29 @@ def clip_style() -> FusionNet:
     model = FusionNet(TINY)
     model.text_encoder = ClipStyleText()  # type: ignore[assignment]
     return model
+
+
+class OutlierAudioEncoder(nn.Module):
+    """The tiny audio branch with one pooled feature scaled up 1000x before its projection and
+    that weight column scaled down 1000x: the same function in FP32, but per-tensor INT8 of
+    the projection's input spends its whole range on that feature and rounds the others away."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.features = inner.features
+        self.proj = inner.proj
+        scale = torch.ones(self.proj.in_features)
+        scale[0] = 1000.0
+        self.register_buffer("scale", scale)
+        with torch.no_grad():
+            self.proj.weight[:, 0] /= 1000.0
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.features(audio).mean(dim=2) * self.scale)
+
+
+def outlier_audio() -> FusionNet:
+    torch.manual_seed(0)
+    model = FusionNet(TINY)
+    model.audio_encoder = OutlierAudioEncoder(model.audio_encoder)  # type: ignore[assignment]
+    return model

@@ -6,6 +6,7 @@ with the recipe, and dynamic axes covered thinly or only in part.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -99,16 +100,7 @@ def _buckets_by_axis(stats: SetStats, recipe: Recipe, min_per_bucket: int) -> li
                 break
         if not sizes:
             continue
-        thin = {k: v for k, v in sorted(sizes.items()) if v < min_per_bucket}
-        if thin:
-            listed = ", ".join(f"{k}: {v}" for k, v in thin.items())
-            found.append(
-                Finding(
-                    "thin_bucket",
-                    None,
-                    f"axis {axis}: fewer than {min_per_bucket} samples at size(s) {listed}",
-                )
-            )
+        found += _thin(sizes, min_per_bucket, None, f"axis {axis}")
         if min(sizes) > bounds.min or max(sizes) < bounds.max:
             found.append(
                 Finding(
@@ -127,17 +119,7 @@ def _buckets_by_dim(stats: SetStats, min_per_bucket: int) -> list[Finding]:
         for position, sizes in enumerate(s.dims, 1):
             if len(sizes) < 2:
                 continue
-            thin = {k: v for k, v in sorted(sizes.items()) if v < min_per_bucket}
-            if thin:
-                listed = ", ".join(f"{k}: {v}" for k, v in thin.items())
-                found.append(
-                    Finding(
-                        "thin_bucket",
-                        name,
-                        f"{name} dim {position}: fewer than {min_per_bucket} samples at "
-                        f"size(s) {listed}",
-                    )
-                )
+            found += _thin(sizes, min_per_bucket, name, f"{name} dim {position}")
     return found
 
 
@@ -152,3 +134,12 @@ def _token_inputs(recipe: Recipe) -> set[str]:
         for name, spec in recipe.inputs.items()
         if spec.modality == "text" and spec.dtype.startswith("int") and "mask" not in name
     }
+
+
+def _thin(sizes: Mapping[int, int], least: int, name: str | None, what: str) -> list[Finding]:
+    """One warning listing the sizes (lengths) with fewer than ``least`` samples."""
+    thin = {k: v for k, v in sorted(sizes.items()) if v < least}
+    if not thin:
+        return []
+    listed = ", ".join(f"{k}: {v}" for k, v in thin.items())
+    return [Finding("thin_bucket", name, f"{what}: fewer than {least} samples at size(s) {listed}")]

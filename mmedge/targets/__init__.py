@@ -54,6 +54,8 @@ class SessionConfig:
     # the recipe's dynamic axes.
     static_shapes: dict[str, tuple[int, ...]] | None = None
     profile: bool = False  # collect per-layer times (costs some speed)
+    # Intermediate tensors to return as extra outputs (per-branch parity: branch embeddings).
+    extra_outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ class OrtSession:
         providers: list[str] | None = None,
         save_optimized: Path | None = None,
         profile: bool = False,
+        extra_outputs: tuple[str, ...] = (),
     ) -> None:
         require("onnxruntime", "onnxruntime")
         import onnxruntime as ort
@@ -50,8 +51,11 @@ class OrtSession:
             opts.profile_file_prefix = str(Path(self._profile_dir.name) / "ort")
         self._threads = threads
         try:
+            source: str | bytes = str(path)
+            if extra_outputs:
+                source = with_outputs(path, extra_outputs)
             self._sess = ort.InferenceSession(
-                str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
+                source, sess_options=opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types
             raise TargetBuildError(f"ONNX Runtime cannot load {path.name}: {err}"[:600]) from None
@@ -150,4 +154,24 @@ class OnnxRuntimeTarget:
             "all",
             recipe.targets.onnxruntime.providers,
             profile=config.profile,
+            extra_outputs=config.extra_outputs,
         )
+
+
+def with_outputs(path: Path, names: tuple[str, ...]) -> bytes:
+    """The model with intermediate tensors added as graph outputs (shape left to the runtime).
+
+    Loaded with its external data, serialized in memory: fine below protobuf's 2 GB limit,
+    which is where per-branch parity is used (edge models).
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    present = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in present:
+            model.graph.output.append(
+                onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+            )
+    data: bytes = model.SerializeToString()
+    return data

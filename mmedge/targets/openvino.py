@@ -79,6 +79,8 @@ class OvSession:
         try:
             with captured_output():
                 model = core.read_model(str(xml))
+                if config.extra_outputs:
+                    model.add_outputs(list(config.extra_outputs))
                 if config.static_shapes:
                     model.reshape({k: list(v) for k, v in config.static_shapes.items()})
                 self._compiled = core.compile_model(model, self.device, props)
@@ -90,7 +92,7 @@ class OvSession:
             ) from None
         self._requests = cfg.requests
         self._request = self._compiled.create_infer_request()
-        self._outputs = {o.get_any_name(): o for o in self._compiled.outputs}
+        self._outputs = {_output_name(o, config.extra_outputs): o for o in self._compiled.outputs}
         self.input_names = [i.get_any_name() for i in self._compiled.inputs]
         self.output_names = list(self._outputs)
 
@@ -253,3 +255,9 @@ def _convert(onnx_path: Path) -> Any:
                 f"OpenVINO cannot convert the ONNX model: {type(err).__name__}: {err}"[:600],
                 hint=f"full log: {log}",
             ) from None
+
+
+def _output_name(port: Any, wanted: tuple[str, ...]) -> str:
+    """An output's name as the caller asked for it (a tensor may carry several names)."""
+    names = port.get_names()
+    return next((w for w in wanted if w in names), port.get_any_name())

@@ -1,0 +1,1 @@
+"""`mmedge run`: one recipe through every target to one report (see engine.py, steps.py)."""

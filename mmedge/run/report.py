@@ -1,0 +1,317 @@
+"""The run's report: one JSON, one Markdown, one self-contained HTML file.
+
+Everything is read back from the run directory (the run manifest and each artifact's
+manifest, compare.json, parity.json, bench-run.json), so `mmedge report RUN_DIR` re-renders
+the same report without running anything. Markdown tables are rendered from report.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mmedge.errors import ArtifactError
+from mmedge.run.state import MANIFEST, RunState
+from mmedge.run.steps import LATENCY, RunContext
+from mmedge.rundir import atomic_write_json, atomic_write_text
+
+
+def write_report(state: RunState, ctx: RunContext | None = None) -> dict[str, Any]:
+    from mmedge.run.html import render_html
+
+    report = collect(state.directory)
+    atomic_write_json(state.directory / "report.json", report)
+    atomic_write_text(state.directory / "report.md", render_markdown(report))
+    atomic_write_text(state.directory / "report.html", render_html(report))
+    return report
+
+
+def rerender(directory: Path) -> dict[str, Any]:
+    """`mmedge report RUN_DIR`: the report again, from what the run directory holds."""
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{directory} is not an mmedge run directory (no {MANIFEST})")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    state = RunState(directory, data["recipe"]["name"], data["recipe"]["path"], data["steps"])
+    return write_report(state)
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def collect(directory: Path) -> dict[str, Any]:
+    run = _read(directory / MANIFEST) or {}
+    steps: dict[str, dict[str, Any]] = run.get("steps", {})
+    names = []
+    for step in steps:
+        kind, _, variant = step.partition(":")
+        if kind == "build" and variant not in names:
+            names.append(variant)
+    variants = [_variant(directory, name, steps) for name in names]
+    rounds = _read(directory / LATENCY) if _ok(steps, "latency") else None
+    base = (rounds or {}).get("baseline")
+    for v in variants:
+        v["p50_rounds_ms"] = (rounds or {}).get("p50_ms", {}).get(v["name"])
+        v["speedup"] = (rounds or {}).get("speedup", {}).get(v["name"])
+    return {
+        "recipe": run.get("recipe"),
+        "directory": str(directory),
+        "baseline": base,
+        "latency_rounds": (rounds or {}).get("rounds"),
+        "variants": variants,
+        "pareto": _pareto(variants),
+        "steps": [
+            {
+                "step": name,
+                "status": rec.get("status"),
+                "seconds": rec.get("seconds"),
+                "note": rec.get("error") or rec.get("reason"),
+                "exit_code": rec.get("exit_code"),
+            }
+            for name, rec in steps.items()
+        ],
+        "host": run.get("host"),
+        "versions": run.get("versions"),
+        "advice": _advice(run.get("host") or {}),
+    }
+
+
+def _variant(directory: Path, name: str, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    where = directory / name
+    manifest = _read(where / "manifest.json") or {}
+    compare = _read(where / "compare.json") if _ok(steps, f"compare:{name}", True) else None
+    parity = _read(where / "parity.json") if _ok(steps, f"parity:{name}") else None
+    bench = _read(where / "bench-run.json") if _ok(steps, f"bench:{name}") else None
+    target, _, precision = name.partition("-")
+    main = None
+    if compare:
+        main = next(iter(compare.get("outputs", {}).values()), None)
+    accuracy = (compare or {}).get("accuracy") or {}
+    return {
+        "name": name,
+        "target": target,
+        "precision": precision.removesuffix("-unpruned"),
+        "status": steps.get(f"build:{name}", {}).get("status"),
+        "missing": {
+            kind: steps[f"{kind}:{name}"].get("error") or steps[f"{kind}:{name}"].get("reason")
+            for kind in ("build", "compare", "parity", "bench")
+            if steps.get(f"{kind}:{name}", {}).get("status") in ("skipped", "failed", "blocked")
+        },
+        "bytes": (manifest.get("artifact") or {}).get("bytes"),
+        "accuracy": accuracy.get("candidate"),
+        "reference_accuracy": accuracy.get("reference"),
+        "top1_agreement": (compare or {}).get("top1_agreement"),
+        "cosine": (main or {}).get("cosine"),
+        "sqnr_db": (main or {}).get("sqnr_db"),
+        "gate_passed": (compare or {}).get("passed"),
+        "gate_failures": (compare or {}).get("failures"),
+        "branches": (parity or {}).get("branches"),
+        "most_affected": (parity or {}).get("most_affected"),
+        "parity_runs_in": (parity or {}).get("runs_in"),
+        "latency_ms": (bench or {}).get("latency_ms"),
+        "throughput_per_s": (bench or {}).get("throughput_per_s"),
+        "branch_ms": (bench or {}).get("branch_ms"),
+        "dominant_branch": _dominant((bench or {}).get("branch_ms")),
+        "bench_settings": (bench or {}).get("settings"),
+    }
+
+
+def _ok(steps: dict[str, dict[str, Any]], name: str, failed_too: bool = False) -> bool:
+    # A failed compare (its gate) still wrote compare.json: the numbers belong in the report.
+    allowed = ("ok", "cached", "failed") if failed_too else ("ok", "cached")
+    return steps.get(name, {}).get("status") in allowed
+
+
+def _dominant(branch_ms: dict[str, float] | None) -> str | None:
+    if not branch_ms:
+        return None
+    return max(branch_ms, key=lambda b: branch_ms[b])
+
+
+def _pareto(variants: list[dict[str, Any]]) -> list[str]:
+    """Variants no other beats on both latency (lower) and accuracy (higher)."""
+    points = [
+        (v["name"], v["p50_rounds_ms"], v["accuracy"])
+        for v in variants
+        if v.get("p50_rounds_ms") is not None and v.get("accuracy") is not None
+    ]
+    front = []
+    for name, lat, acc in points:
+        dominated = any(
+            (ol <= lat and oa >= acc) and (ol < lat or oa > acc) for _, ol, oa in points
+        )
+        if not dominated:
+            front.append(name)
+    return front
+
+
+def _advice(host: dict[str, Any]) -> list[str]:
+    from mmedge.doctor import cpu_advice
+
+    return cpu_advice(host.get("cpu") or {})
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+
+
+def _f(value: Any, fmt: str = "{:.3f}") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return fmt.format(value)
+
+
+def variant_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for v in report["variants"]:
+        lat = v.get("latency_ms") or {}
+        rows.append(
+            [
+                v["name"],
+                _f(v["bytes"] / 1e6 if v["bytes"] else None, "{:.2f}"),
+                _f(v["accuracy"], "{:.2f}%"),
+                _f(
+                    v["top1_agreement"] * 100 if v["top1_agreement"] is not None else None,
+                    "{:.2f}%",
+                ),
+                _f(v["cosine"], "{:.5f}"),
+                _f(v["p50_rounds_ms"]),
+                _f(lat.get("p99")),
+                _f(v["throughput_per_s"], "{:.0f}"),
+                _f(v["speedup"], "{:.2f}x"),
+                "yes" if v["name"] in report["pareto"] else "",
+            ]
+        )
+    return rows
+
+
+VARIANT_HEADERS = [
+    "variant",
+    "MB",
+    "accuracy",
+    "top-1 agreement",
+    "cosine",
+    "p50 ms",
+    "p99 ms",
+    "samples/s",
+    "speed-up",
+    "Pareto",
+]
+
+
+def branch_names(report: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for v in report["variants"]:
+        for b in list(v.get("branches") or {}) + list(v.get("branch_ms") or {}):
+            if b not in names:
+                names.append(b)
+    return names
+
+
+def parity_branches(report: dict[str, Any]) -> list[str]:
+    names: list[str] = []
+    for v in report["variants"]:
+        names += [b for b in v.get("branches") or {} if b not in names]
+    return names
+
+
+def parity_rows(report: dict[str, Any]) -> list[list[str]]:
+    branches = parity_branches(report)
+    rows = []
+    for v in report["variants"]:
+        metrics = v.get("branches")
+        if not metrics:
+            continue
+        cells = [
+            f"{m['cosine']:.5f} / {_f(m['sqnr_db'], '{:.1f}')} dB" if (m := metrics.get(b)) else "-"
+            for b in branches
+        ]
+        rows.append([v["name"], *cells, v.get("most_affected") or "-"])
+    return rows
+
+
+def latency_rows(report: dict[str, Any]) -> list[list[str]]:
+    branches = branch_names(report)
+    rows = []
+    for v in report["variants"]:
+        ms = v.get("branch_ms")
+        if not ms:
+            continue
+        total = sum(ms.values()) or 1.0
+        cells = [f"{ms.get(b, 0.0):.3f} ({100 * ms.get(b, 0.0) / total:.0f}%)" for b in branches]
+        rows.append([v["name"], *cells, v.get("dominant_branch") or "-"])
+    return rows
+
+
+def step_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [
+        [
+            s["step"],
+            s["status"] or "-",
+            _f(s["seconds"], "{:.1f}"),
+            (s["note"] or "").replace("|", "/"),
+        ]
+        for s in report["steps"]
+    ]
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    branches = branch_names(report)
+    recipe = (report.get("recipe") or {}).get("name")
+    cpu = (report.get("host") or {}).get("cpu") or {}
+    parts = [
+        f"# mmedge run: {recipe}",
+        "",
+        f"Host: {cpu.get('name', '?')} ({cpu.get('logical_cpus', '?')} logical CPUs; "
+        f"{', '.join(cpu.get('features') or []) or 'no SIMD features read'}).",
+        "",
+        "## Variants",
+        "",
+        "Accuracy on the recipe's eval split; agreement and cosine against PyTorch FP32 "
+        "(of the model each variant was built from). p50: median over "
+        f"{report.get('latency_rounds') or '-'} rounds that time every variant in turn at the "
+        "recipe's bench settings; speed-up: median of the per-round ratios against "
+        f"{report.get('baseline') or '-'}; p99 and throughput: one `mmedge bench` each. "
+        "Pareto: no other variant is both faster and more accurate.",
+        "",
+        _table(VARIANT_HEADERS, variant_rows(report)),
+        "",
+        "## Per-branch parity",
+        "",
+        "Cosine / SQNR of each branch's output embedding against the FP32 ONNX export "
+        "(itself checked against PyTorch at export). The most affected branch has the lowest "
+        "SQNR, named when below 40 dB (error above 1% of the signal's power).",
+        "",
+        _table(["variant", *parity_branches(report), "most affected"], parity_rows(report)),
+        "",
+        "## Latency per branch",
+        "",
+        "Per-layer profiler times (ONNX Runtime profiling, OpenVINO PERF_COUNT) summed per "
+        "branch, batch 1 at opt shapes; 'other' holds top-level ops.",
+        "",
+        _table(["variant", *branches, "dominant"], latency_rows(report)),
+        "",
+    ]
+    missing = [(v["name"], k, why) for v in report["variants"] for k, why in v["missing"].items()]
+    if missing:
+        parts += ["## Missing results", ""]
+        parts += [f"- {name} {kind}: {why}" for name, kind, why in missing]
+        parts.append("")
+    if report.get("advice"):
+        parts += ["## Advice for this machine", ""] + [f"- {a}" for a in report["advice"]] + [""]
+    parts += ["## Steps", "", _table(["step", "status", "seconds", "note"], step_rows(report)), ""]
+    return "\n".join(parts)

@@ -1,0 +1,101 @@
+"""The run directory's manifest: which recipe made it, and every step's key, status and error.
+
+Rewritten atomically after every step, so an interrupted run leaves a manifest that says
+exactly what finished; the next run resumes from it. A step is skipped when its key (a hash
+of everything it reads: recipe fields, artifact and data contents, settings) is unchanged and
+its outputs still exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmedge import __version__
+from mmedge.errors import OutputExistsError
+from mmedge.rundir import atomic_write_json, host, sha256_file, versions
+
+MANIFEST = "run.json"
+FORMAT = "mmedge-run/1"
+OK, CACHED, FAILED, SKIPPED, BLOCKED = "ok", "cached", "failed", "skipped", "blocked"
+
+
+def key_of(parts: dict[str, Any]) -> str:
+    text = json.dumps({**parts, "mmedge": __version__}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def files_sha(paths: list[Path]) -> str:
+    """Content hash of files (a directory: every file under it, by relative path)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            if file.exists():
+                digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
+                digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+@dataclass
+class RunState:
+    directory: Path
+    recipe_name: str
+    recipe_path: str
+    steps: dict[str, dict[str, Any]] = field(default_factory=dict)
+    started: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @classmethod
+    def open(
+        cls, directory: Path, recipe_name: str, recipe_path: Path, take_over: bool
+    ) -> RunState:
+        """The run's state; a directory made by another recipe is refused unless taken over."""
+        path = directory / MANIFEST
+        if directory.exists() and any(directory.iterdir()) and not path.is_file():
+            raise OutputExistsError(
+                f"{directory} is not empty and is not an mmedge run directory; choose another -o"
+            )
+        if not path.is_file():
+            return cls(directory, recipe_name, str(recipe_path))
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old.get("recipe", {}).get("name") != recipe_name and not take_over:
+            raise OutputExistsError(
+                f"{directory} holds a run of recipe {old.get('recipe', {}).get('name')!r}, "
+                f"not {recipe_name!r}",
+                hint="choose another -o, or pass --force all to redo it for this recipe",
+            )
+        steps = {} if take_over else dict(old.get("steps", {}))
+        return cls(directory, recipe_name, str(recipe_path), steps)
+
+    def fresh(self, name: str, key: str, outputs: list[Path]) -> bool:
+        """True when the step ran OK with this key and its outputs are still there."""
+        record = self.steps.get(name)
+        return (
+            record is not None
+            and record.get("key") == key
+            and record.get("status") in (OK, CACHED)
+            and all(p.exists() for p in outputs)
+        )
+
+    def record(self, name: str, **fields: Any) -> None:
+        self.steps[name] = {**self.steps.get(name, {}), **fields}
+        self.save()
+
+    def save(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(
+            self.directory / MANIFEST,
+            {
+                "format": FORMAT,
+                "recipe": {"name": self.recipe_name, "path": self.recipe_path},
+                "started": self.started,
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "steps": self.steps,
+                "versions": versions(),
+                "host": host(),
+            },
+        )
