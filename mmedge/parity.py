@@ -78,6 +78,12 @@ def branch_parity(
     if ref_manifest["target"] != "onnxruntime" or ref_manifest["precision"] != "fp32":
         raise ArtifactError(f"{reference_dir} is not an ONNX Runtime FP32 artifact")
     tensors = onnx_boundary(ref_artifact, recipe.branches)
+    if not tensors:
+        raise ArtifactError(
+            "no branch boundaries found: the recipe declares no branches, or no ONNX node "
+            "carries their module names",
+            hint="declare 'branches' (module-name prefixes) in the recipe",
+        )
     config = SessionConfig(threads=recipe.bench.threads, extra_outputs=tuple(tensors.values()))
     runs_in = manifest["target"]
     reference = load_session(ref_manifest, recipe, ref_artifact, config)

@@ -218,12 +218,17 @@ def test_inspect_warnings(tmp_path: Path) -> None:
     } <= found
     text = run("calib", "inspect", tmp_path / "set", "--recipe", REFERENCE).stdout
     assert "fewer than 8 samples at size(s) 16: 4" in text and "500" in text
-    _write_shard(tmp_path / "odd" / "s.npz", image=np.zeros((2, 3, 32, 32), np.float32))
+    almost = 1.0 + 1e-9 * rng.normal(size=(2, 3, 32, 32))  # near-constant, not constant
+    _write_shard(tmp_path / "odd" / "s.npz", image=almost.astype(np.float64), extra=np.ones((2, 4)))
     odd = json.loads(
         run("calib", "inspect", tmp_path / "odd", "--recipe", REFERENCE, "--json").stdout
     )
-    codes = {w["code"] for w in odd["warnings"]}
-    assert {"shape", "missing_input"} <= codes
+    found = {(w["code"], w["input"]): w["message"] for w in odd["warnings"]}
+    assert {("shape", "image"), ("missing_input", "audio"), ("unknown_input", "extra")} <= set(
+        found
+    )
+    assert "near-constant" in found[("constant", "image")]
+    assert "constant (every value" in found[("constant", "extra")]
     strict = run("calib", "inspect", tmp_path / "set", "--strict")
     assert_user_error(strict, 4, "warning(s)")
 

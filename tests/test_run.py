@@ -251,3 +251,15 @@ def test_doctor() -> None:
         assert "AVX-512 VNNI" in data["cpu"]["features"]
     text = run("doctor").stdout
     assert "advice:" in text and "onnxruntime" in text
+
+
+def test_a_recipe_without_branches_runs_without_parity(tmp_path: Path) -> None:
+    recipe = recipe_in(
+        tmp_path, {"branches": None, "run.variants": ["onnxruntime-fp32", "onnxruntime-int8"]}
+    )
+    result = run("run", recipe, "-o", tmp_path / "run", "--json")
+    assert result.exit_code == 0, result.stderr
+    found = statuses(tmp_path / "run")
+    assert found["parity:onnxruntime-int8"] == "skipped"
+    assert found["bench:onnxruntime-int8"] == found["latency"] == "ok"
+    assert "declares no branches" in (tmp_path / "run" / "report.md").read_text()

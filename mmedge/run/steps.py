@@ -110,6 +110,8 @@ def plan(ctx: RunContext, targets: list[str] | None, probes: dict[str, Any]) -> 
         steps.append(_compare_step(ctx, variant, missing))
         if variant != REFERENCE:
             parity_missing = None if probes[target].installed else missing
+            if not recipe.branches:
+                parity_missing = "the recipe declares no branches (module-name prefixes)"
             steps.append(_parity_step(ctx, variant, parity_missing))
         steps.append(_bench_step(ctx, variant, missing))
     if pruning and recipe.run.baseline:

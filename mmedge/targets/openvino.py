@@ -9,6 +9,7 @@ plugin, an FP32 IR runs in bfloat16 on CPUs with AVX-512 BF16 or AMX.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -79,8 +80,11 @@ class OvSession:
         try:
             with captured_output():
                 model = core.read_model(str(xml))
-                if config.extra_outputs:
-                    model.add_outputs(list(config.extra_outputs))
+                for name in config.extra_outputs:
+                    # A tensor the conversion renamed or fused away is simply not returned;
+                    # the caller names what is missing.
+                    with contextlib.suppress(RuntimeError):
+                        model.add_outputs(name)
                 if config.static_shapes:
                     model.reshape({k: list(v) for k, v in config.static_shapes.items()})
                 self._compiled = core.compile_model(model, self.device, props)
