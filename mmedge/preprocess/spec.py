@@ -8,6 +8,7 @@ calibrated. Pydantic models only; the work is in ``image.py``, ``text.py``, ``au
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -35,8 +36,9 @@ class _Spec(_Strict):
             raise ValueError("drop > 0 needs missing: zeros (the model must cope with it)")
         return self
 
+    @abstractmethod  # pydantic's model metaclass is an ABCMeta: subclasses must define it
     def input_names(self) -> list[str]:
-        raise NotImplementedError
+        """The model inputs this field fills."""
 
 
 class ImagePrep(_Spec):
