@@ -57,14 +57,14 @@ def output_modules(model: nn.Module, feeds: Mapping[str, torch.Tensor]) -> list[
     finally:
         for h in hooks:
             h.remove()
-    outs = (
-        out.values()
-        if isinstance(out, Mapping)
-        else out
-        if isinstance(out, tuple | list)
-        else [out]
-    )
-    return [produced[id(o)] for o in outs if id(o) in produced]
+    return [produced[id(o)] for o in _as_list(out) if id(o) in produced]
+
+
+def _as_list(out: Any) -> list[Any]:
+    """A model's outputs as a list, whether it returns a tensor, a tuple/list or a mapping."""
+    if isinstance(out, Mapping):
+        return list(out.values())
+    return list(out) if isinstance(out, tuple | list) else [out]
 
 
 def direct_parameter_uses(model: nn.Module, feeds: Mapping[str, torch.Tensor]) -> list[str]:
@@ -80,15 +80,7 @@ def direct_parameter_uses(model: nn.Module, feeds: Mapping[str, torch.Tensor]) -
     ]
     model.zero_grad(set_to_none=True)
     try:
-        out = model(**feeds)
-        tensors = (
-            out.values()
-            if isinstance(out, Mapping)
-            else out
-            if isinstance(out, tuple | list)
-            else [out]
-        )
-        sum(t.float().sum() for t in tensors).backward()
+        sum(t.float().sum() for t in _as_list(model(**feeds))).backward()
     finally:
         for h in hooks:
             h.remove()

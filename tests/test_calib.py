@@ -4,6 +4,7 @@ manifest and preprocess.json, every warning, and every bad input (exit 4, nothin
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -66,7 +67,9 @@ def test_rebuilds_the_shipped_calibration_shard(raw: Path, tmp_path: Path) -> No
     assert calib["inputs"]["image"]["shape"] == ["n", 1, 32, 32]
     assert calib["buckets"]["audio"] == {"48": 64}
     assert sum(calib["labels"].values()) == 64
-    assert len(manifest["source"]["sources_sha256"]) == 64
+    listing = (out / "sources.csv").read_bytes()
+    assert hashlib.sha256(listing).hexdigest() == manifest["source"]["sources_sha256"]
+    assert len(listing.decode().strip().splitlines()) == 1 + 64  # header + one row per sample
     assert {"preprocess.json", "tokenizer-text.json", "sources.csv", "manifest.json"} <= {
         p.name for p in out.iterdir()
     }

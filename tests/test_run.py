@@ -263,3 +263,13 @@ def test_a_recipe_without_branches_runs_without_parity(tmp_path: Path) -> None:
     assert found["parity:onnxruntime-int8"] == "skipped"
     assert found["bench:onnxruntime-int8"] == found["latency"] == "ok"
     assert "declares no branches" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_corrupt_run_manifest_is_a_clear_error(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text("{not json")
+    assert_user_error(run("report", out), 10, "is not a readable run manifest")
+    recipe = recipe_in(tmp_path, {"run.variants": ["onnxruntime-fp32"]})
+    assert_user_error(run("run", recipe, "-o", out), 9, "is not a readable run manifest")
+    assert_user_error(run("report", tmp_path), 10, "is not an mmedge run directory")

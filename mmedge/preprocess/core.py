@@ -91,9 +91,11 @@ class Preprocessor:
         if not isinstance(raw, dict) or raw.get("format") != FORMAT:
             raise InputSpecError(f"{path} is not an mmedge preprocessing file ({FORMAT})")
         adapter: TypeAdapter[PrepSpec] = TypeAdapter(PrepSpec)
+        if not all(isinstance(raw.get(k), dict) for k in ("fields", "inputs", "axes")):
+            raise InputSpecError(f"{path} lacks its 'fields', 'inputs' or 'axes' section")
         specs = {}
         for name, spec in raw["fields"].items():
-            if spec.get("kind") == "text":
+            if isinstance(spec, dict) and spec.get("kind") == "text":
                 spec = {**spec, "tokenizer": str(path.parent / spec["tokenizer"])}
             try:
                 specs[name] = adapter.validate_python(spec)

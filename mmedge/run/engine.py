@@ -59,7 +59,7 @@ def run_recipe(
         progress(step.name, done, len(steps))
         _run_step(step, state, _forced(step.name, force))
     progress("report", len(steps), len(steps))
-    return write_report(state, ctx)
+    return write_report(state)
 
 
 _KINDS = ("prune", "build", "check", "compare", "parity", "bench", "latency")

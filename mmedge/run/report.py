@@ -14,11 +14,11 @@ from typing import Any
 
 from mmedge.errors import ArtifactError
 from mmedge.run.state import MANIFEST, RunState
-from mmedge.run.steps import LATENCY, RunContext
+from mmedge.run.steps import LATENCY
 from mmedge.rundir import atomic_write_json, atomic_write_text
 
 
-def write_report(state: RunState, ctx: RunContext | None = None) -> dict[str, Any]:
+def write_report(state: RunState) -> dict[str, Any]:
     from mmedge.run.html import render_html
 
     report = collect(state.directory)
@@ -33,8 +33,11 @@ def rerender(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{directory} is not an mmedge run directory (no {MANIFEST})")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    state = RunState(directory, data["recipe"]["name"], data["recipe"]["path"], data["steps"])
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        state = RunState(directory, data["recipe"]["name"], data["recipe"]["path"], data["steps"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ArtifactError(f"{path} is not a readable run manifest: {err}") from None
     return write_report(state)
 
 

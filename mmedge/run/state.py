@@ -37,8 +37,21 @@ def files_sha(paths: list[Path]) -> str:
         for file in files:
             if file.exists():
                 digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-                digest.update(sha256_file(file).encode())
+                digest.update(_file_sha(file).encode())
     return digest.hexdigest()
+
+
+_SEEN: dict[tuple[str, int, int], str] = {}
+
+
+def _file_sha(file: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime): a run keys a dozen steps on
+    the same eval set, which need not be read a dozen times."""
+    stat = file.stat()
+    signature = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+    if signature not in _SEEN:
+        _SEEN[signature] = sha256_file(file)
+    return _SEEN[signature]
 
 
 @dataclass
@@ -61,7 +74,13 @@ class RunState:
             )
         if not path.is_file():
             return cls(directory, recipe_name, str(recipe_path))
-        old = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError as err:
+            raise OutputExistsError(
+                f"{path} is not a readable run manifest ({err})",
+                hint="choose another -o, or remove the directory",
+            ) from None
         if old.get("recipe", {}).get("name") != recipe_name and not take_over:
             raise OutputExistsError(
                 f"{directory} holds a run of recipe {old.get('recipe', {}).get('name')!r}, "

@@ -9,7 +9,7 @@ step works through the same library calls as the single commands.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,6 @@ class Step:
     action: Callable[[], dict[str, Any]]  # returns a summary kept in the run manifest
     unavailable: str | None = None  # why it cannot run on this machine (skipped, not failed)
     variant: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,7 +73,7 @@ def _artifact_sha(directory: Path) -> str | None:
 
     try:
         return str(read_manifest(directory)["artifact"]["sha256"])
-    except Exception:  # not built yet: the key is computed only once its build step ran
+    except (ArtifactError, KeyError):  # not built (yet): its build step was skipped or failed
         return None
 
 
