@@ -104,6 +104,7 @@ class BenchResult:
     settings: dict[str, object]  # what the backend actually ran with (device, precision...)
     branch_ms: dict[str, float] | None  # per-layer times summed per branch, when profiled
     host: dict[str, object]
+    warnings: list[str]
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -122,6 +123,7 @@ def summarize(
     shapes: dict[str, list[int]],
     settings: dict[str, object],
     branch_ms: dict[str, float] | None = None,
+    warnings: list[str] | None = None,
 ) -> BenchResult:
     """``total_s``: wall time of the timed part (in latency mode, the sum of the calls)."""
     from mmedge.hardware import cpu_summary
@@ -142,4 +144,5 @@ def summarize(
         settings=settings,
         branch_ms=branch_ms,
         host=cpu_summary(),
+        warnings=warnings or [],
     )

@@ -108,6 +108,12 @@ def _root(
 RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
 ArtifactArg = typer.Argument(..., help="An artifact directory made by export or quantize.")
 JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout only.")
+IsaOpt = typer.Option(
+    None,
+    "--isa",
+    help="The CPU the INT8 artifact will run on: auto (this one), x86-avx2, x86-avx512, "
+    "x86-vnni, x86-amx, arm-neon, arm-dotprod, arm-i8mm (overrides quantization.isa).",
+)
 DeviceOpt = typer.Option(
     None, help="OpenVINO device (CPU, GPU, NPU, AUTO...) [default: the recipe's]."
 )
@@ -156,13 +162,14 @@ def _build(
     force: bool,
     overrides: dict[str, Any],
     as_json: bool,
+    auto: bool = False,
 ) -> None:
     from mmedge.pipeline import build_artifact
 
     recipe = _load(recipe_path, overrides)
     out = out or _default_out(recipe, target, precision)
     with console.status(not as_json) as progress:
-        manifest = build_artifact(recipe, target, precision, out, force, progress)
+        manifest = build_artifact(recipe, target, precision, out, force, progress, auto)
     if as_json:
         console.print_json({"directory": str(out), **manifest})
     else:
@@ -194,10 +201,13 @@ def export(
     keep_fp32: list[str] | None = typer.Option(
         None, "--keep-fp32", help="Branch to leave in floating point (repeatable)."
     ),
+    isa: str | None = IsaOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Export the recipe's model for a target at a precision."""
     overrides = _quant_overrides(calib, None, None, None, keep_fp32, exporter)
+    if isa is not None:
+        overrides["quantization.isa"] = isa
     _build(recipe, target.value, precision.value, out, force, overrides, as_json)
 
 
@@ -217,6 +227,12 @@ def quantize(
         None, "--keep-fp32", help="Branch to leave in floating point (repeatable)."
     ),
     force: bool = typer.Option(False, "--force", help="Replace a different artifact at --out."),
+    auto: bool = typer.Option(
+        False,
+        "--auto",
+        help="Search the fastest policy that meets quantization.accuracy (layers back to float).",
+    ),
+    isa: str | None = IsaOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """INT8 post-training quantization with the recipe's calibration set."""
@@ -232,7 +248,9 @@ def quantize(
 
         raise RecipeError("TensorRT takes static (calibrated) Q/DQ only; drop --mode dynamic")
     overrides = _quant_overrides(calib, samples, method, mode, keep_fp32, None)
-    _build(recipe, target.value, "int8", out, force, overrides, as_json)
+    if isa is not None:
+        overrides["quantization.isa"] = isa
+    _build(recipe, target.value, "int8", out, force, overrides, as_json, auto)
 
 
 @app.command()

@@ -97,6 +97,9 @@ class CompareReport:
     accuracy: dict[str, float] | None
     samples: int
     failures: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    parity: dict[str, Any] | None = None  # per-branch parity against the FP32 export
+    next_steps: list[str] = field(default_factory=list)  # what to try when the gate fails
 
     @property
     def passed(self) -> bool:
@@ -110,6 +113,9 @@ class CompareReport:
             "samples": self.samples,
             "passed": self.passed,
             "failures": self.failures,
+            "warnings": self.warnings,
+            "parity": self.parity,
+            "next_steps": self.next_steps,
         }
 
 

@@ -139,12 +139,24 @@ def compare(report: Mapping[str, Any]) -> None:
             f"accuracy: reference {acc['reference']:.2f}%, candidate {acc['candidate']:.2f}% "
             f"(drop {drop:+.2f} points)"
         )
+    parity = report.get("parity")
+    if parity:
+        branches = Table(title="per-branch parity vs the FP32 export")
+        for col in ("branch", "cosine", "SQNR dB"):
+            branches.add_column(col, justify="left" if col == "branch" else "right")
+        for name, m in parity["branches"].items():
+            mark = " [red](most affected)[/]" if name == parity.get("most_affected") else ""
+            branches.add_row(name + mark, _fmt(m["cosine"], 5), _fmt(m["sqnr_db"], 2))
+        out.print(branches)
+    notes(report.get("warnings", []))
     if report["passed"]:
         out.print("[bold green]gate passed[/]")
     else:
         out.print("[bold red]gate failed:[/]")
         for failure in report["failures"]:
             out.print(f"  - {escape(failure)}")
+        for step in report.get("next_steps", []):
+            out.print(f"[bold]next:[/] {escape(step)}")
 
 
 def bench(result: Mapping[str, Any]) -> None:
@@ -175,13 +187,19 @@ def bench(result: Mapping[str, Any]) -> None:
     out.print("ran with: " + ", ".join(f"{k} {v}" for k, v in result["settings"].items()))
     if result.get("branch_ms"):
         _branch_times(result["branch_ms"])
+    notes(result.get("warnings", []))
     cpu = result["host"]
     out.print(f"cpu: {cpu['name']} ({', '.join(cpu['features']) or 'no SIMD features found'})")
-    if result["precision"] == "int8" and not cpu["int8_dot_product"]:
+    if result["precision"] == "int8" and cpu["int8_dot_product"] is False:
         out.print(
             "[yellow]note:[/] this CPU has no INT8 dot-product instructions (VNNI/AMX/NEON dot): "
             "INT8 shrinks the model here but often does not speed it up"
         )
+
+
+def notes(warnings: list[str]) -> None:
+    for warning in warnings:
+        out.print(f"[yellow]warning:[/] {escape(warning)}")
 
 
 def _branch_times(branch_ms: Mapping[str, float]) -> None:

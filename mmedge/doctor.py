@@ -78,12 +78,24 @@ def gpus() -> list[dict[str, str]]:
 def cpu_advice(cpu: dict[str, Any]) -> list[str]:
     features = set(cpu.get("features") or [])
     advice = []
-    if not cpu.get("int8_dot_product"):
+    profile = cpu.get("isa_profile", "unknown")
+    if cpu.get("int8_dot_product") is None:
+        advice.append(
+            "the CPU's features could not be read: `isa: auto` quantizes with types whose results "
+            "do not depend on the CPU (U8U8 for ONNX Runtime); name the deploy CPU's profile "
+            "(quantization.isa) for faster INT8"
+        )
+    elif not cpu.get("int8_dot_product"):
         advice.append(
             "this CPU has no integer dot-product instructions (VNNI, AMX or NEON dot-product): "
             "INT8 will shrink the model about 4x but may not speed it up; prefer structured "
             "pruning for speed, and measure INT8 with `mmedge bench` before shipping it"
         )
+        if str(profile).startswith("x86"):
+            advice.append(
+                f"{profile}: ONNX Runtime's u8 x s8 INT8 kernels can saturate here; mmedge "
+                "quantizes for this profile with saturation-free types (quantization.isa)"
+            )
     elif "AMX-INT8" in features:
         advice.append("AMX-INT8 is present: INT8 (ONNX Runtime, OpenVINO) should pay off most here")
     else:

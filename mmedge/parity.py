@@ -20,6 +20,7 @@ from mmedge.branches import UNASSIGNED, branch_of, scope_of_name
 from mmedge.calibration import open_compare_data
 from mmedge.compare import compare_runners
 from mmedge.errors import ArtifactError
+from mmedge.recipe import Recipe
 from mmedge.rundir import atomic_write_json
 
 Node = tuple[str, Sequence[str], Sequence[str]]  # (name, input tensors, output tensors)
@@ -70,14 +71,30 @@ def branch_parity(
 ) -> dict[str, Any]:
     """Per-branch metrics of the artifact in ``directory`` against the FP32 ONNX Runtime
     artifact in ``reference_dir``; saved as ``directory/parity.json``."""
-    from mmedge.pipeline import load_session, open_artifact
-    from mmedge.targets import SessionConfig
+    from mmedge.pipeline import open_artifact
 
     manifest, recipe, artifact = open_artifact(directory)
     ref_manifest, _, ref_artifact = open_artifact(reference_dir)
     if ref_manifest["target"] != "onnxruntime" or ref_manifest["precision"] != "fp32":
         raise ArtifactError(f"{reference_dir} is not an ONNX Runtime FP32 artifact")
-    tensors = onnx_boundary(ref_artifact, recipe.branches)
+    record = parity_against(ref_artifact, manifest, recipe, artifact, samples)
+    record["reference"] = str(reference_dir)
+    atomic_write_json(directory / "parity.json", record)
+    return record
+
+
+def parity_against(
+    fp32_onnx: Path,
+    manifest: dict[str, Any],
+    recipe: Recipe,
+    artifact: Path,
+    samples: int | None = None,
+) -> dict[str, Any]:
+    """Per-branch cosine and SQNR of an artifact against an FP32 ONNX of the same model."""
+    from mmedge.targets import SessionConfig, get_target
+    from mmedge.targets.onnxruntime import OrtSession
+
+    tensors = onnx_boundary(fp32_onnx, recipe.branches)
     if not tensors:
         raise ArtifactError(
             "no branch boundaries found: the recipe declares no branches, or no ONNX node "
@@ -85,17 +102,12 @@ def branch_parity(
             hint="declare 'branches' (module-name prefixes) in the recipe",
         )
     config = SessionConfig(threads=recipe.bench.threads, extra_outputs=tuple(tensors.values()))
+    reference = OrtSession(fp32_onnx, config.threads, extra_outputs=config.extra_outputs)
+    target = get_target(manifest["target"])
+    candidate = target.load_here(artifact, recipe, manifest["precision"], config)
     runs_in = manifest["target"]
-    reference = load_session(ref_manifest, recipe, ref_artifact, config)
-    if manifest["target"] == "tensorrt" and not _has_tensorrt():
-        # The bundle's own graph (its Q/DQ or FP16 numerics) in ONNX Runtime: what this
-        # machine can say about it; the engine's own parity comes from `compare` on the device.
-        from mmedge.targets.onnxruntime import OrtSession
-
-        candidate: Any = OrtSession(artifact, config.threads, extra_outputs=config.extra_outputs)
-        runs_in = "onnxruntime (TensorRT bundle graph; no TensorRT here)"
-    else:
-        candidate = load_session(manifest, recipe, artifact, config)
+    if type(candidate).__name__ == "OrtSession" and target.name != "onnxruntime":
+        runs_in = f"onnxruntime ({target.name} artifact's graph; {target.name} cannot run here)"
     try:
         data = open_compare_data(recipe, samples)
         batch = recipe.eval.batch if recipe.eval else 16
@@ -114,8 +126,7 @@ def branch_parity(
     # the signal's); above that, differences are float rounding and no branch is singled out.
     low = {b: m.sqnr_db for b, m in metrics.items() if m.sqnr_db < FLAG_DB}
     worst = min(low, key=lambda b: low[b]) if low else None
-    record = {
-        "reference": str(reference_dir),
+    return {
         "runs_in": runs_in,
         "tensors": tensors,
         "branches": {
@@ -126,8 +137,6 @@ def branch_parity(
         "samples": report.samples,
         "data": data.describe(),
     }
-    atomic_write_json(directory / "parity.json", record)
-    return record
 
 
 def _branches_only(
@@ -144,9 +153,3 @@ def _branches_only(
         return {b: out[t] for b, t in tensors.items()}
 
     return call
-
-
-def _has_tensorrt() -> bool:
-    from mmedge.targets.tensorrt.engine import tensorrt_version
-
-    return tensorrt_version() is not None

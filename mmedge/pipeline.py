@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -50,8 +51,12 @@ def build_artifact(
     out: Path,
     force: bool = False,
     progress: Progress = _quiet,
+    auto: bool = False,
 ) -> dict[str, Any]:
-    """Export (or take the recipe's ONNX), check parity, build for the target; return the manifest."""
+    """Export (or take the recipe's ONNX), check parity, build for the target; return the manifest.
+
+    ``auto``: search the fastest INT8 policy that meets ``quantization.accuracy`` first.
+    """
     target = get_target(target_name)
     probe = target.probe()
     if not probe.installed:  # before any export work, not after it
@@ -66,6 +71,10 @@ def build_artifact(
         "recipe_sha256": recipe.artifact_sha256(),
     }
     check_output_dir(out, identity, force)
+    if auto:
+        from mmedge.quantize.search import check_auto
+
+        check_auto(recipe, precision)
     needs_calib = target.needs_calibration(precision, recipe)
     calib = open_calibration(recipe) if needs_calib else None  # fails fast on bad data
     # Parity after export also runs on one real batch when the recipe has data.
@@ -74,8 +83,16 @@ def build_artifact(
         source, steps = _fp32_onnx(recipe, Path(tmp), parity_data, progress)
         if calib is not None:
             steps["calibration"] = calib.describe()
-        progress(f"building {target_name} {precision}")
-        result = target.build(source, recipe, precision, stage, calib)
+        if auto:
+            from mmedge.quantize.search import search_into
+
+            assert calib is not None  # INT8 on every target is calibrated
+            result, recipe, steps["search"] = search_into(
+                stage, recipe, target, source, calib, out, progress
+            )
+        else:
+            progress(f"building {target_name} {precision}")
+            result = target.build(source, recipe, precision, stage, calib)
         steps["build"] = result.details
         progress("writing manifest")
         manifest = write_manifest(
@@ -89,13 +106,23 @@ def build_artifact(
                 "steps": steps,
             },
         )
+    if auto:
+        from mmedge.quantize.search import workdir_for
+
+        shutil.rmtree(workdir_for(out), ignore_errors=True)  # its record is in the artifact
     return manifest
 
 
 def _fp32_onnx(
-    recipe: Recipe, tmp: Path, calib: DataSource | None, progress: Progress
+    recipe: Recipe,
+    tmp: Path,
+    calib: DataSource | None,
+    progress: Progress,
+    check: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
-    """The FP32 ONNX every target starts from, with what was done to get it."""
+    """The FP32 ONNX every target starts from, with what was done to get it. ``check=False``
+    skips the parity check against PyTorch (a reference export whose outputs are compared
+    with PyTorch anyway)."""
     src = recipe.model.path
     if src is not None and src.suffix == ".onnx":
         _check_onnx_source(src, recipe)
@@ -108,9 +135,11 @@ def _fp32_onnx(
     out = tmp / "fp32.onnx"
     progress(f"exporting ONNX ({recipe.export.exporter})")
     exported = export_onnx(model, recipe, out)
-    progress("checking ONNX against PyTorch")
-    extra = calib.first(recipe.calibration.batch) if calib and recipe.calibration else None
-    parity = check_parity(model, out, recipe, extra)
+    parity = None
+    if check:
+        progress("checking ONNX against PyTorch")
+        extra = calib.first(recipe.calibration.batch) if calib and recipe.calibration else None
+        parity = check_parity(model, out, recipe, extra)
     export = {
         "exporter": exported.exporter,
         "seconds": round(exported.seconds, 3),
@@ -183,10 +212,13 @@ def compare_artifact(
     reference_dir: Path | None = None,
     samples: int | None = None,
     device: str | None = None,
+    parity: bool = True,
 ) -> CompareReport:
     """Compare with the reference on the recipe's data; save compare.json beside the artifact.
 
     ``device`` applies to the candidate only; the reference runs where it runs by default.
+    ``parity``: also measure each branch against the FP32 export (reduced-precision artifacts
+    of recipes with branches), to say which branch to blame when the gate fails.
     """
     manifest, recipe, artifact = open_artifact(directory)
     config = SessionConfig(threads=recipe.bench.threads)
@@ -201,6 +233,7 @@ def compare_artifact(
         data = open_compare_data(recipe, samples)
         reference = reference_runner(recipe, reference_dir, config)
     candidate = load_session(manifest, recipe, artifact, replace(config, device=device))
+    warnings = isa_warnings(manifest, device)
     batch = recipe.eval.batch if recipe.eval else 16
     score = recipe.eval.output if recipe.eval else None
     try:
@@ -208,6 +241,11 @@ def compare_artifact(
     finally:
         candidate.close()
     report.failures = gate_failures(report, recipe.compare)
+    report.warnings = warnings
+    if parity and recipe.branches and manifest["precision"] != "fp32":
+        report.parity = _parity_or_none(manifest, recipe, artifact, samples)
+    if not report.passed:
+        report.next_steps = next_steps(report, manifest)
     default_reference = "fp32-recorded" if manifest["target"] == "tensorrt" else "pytorch-fp32"
     record = {
         **report.to_json(),
@@ -216,6 +254,58 @@ def compare_artifact(
     }
     atomic_write_json(directory / "compare.json", record)
     return report
+
+
+def _parity_or_none(
+    manifest: dict[str, Any], recipe: Recipe, artifact: Path, samples: int | None
+) -> dict[str, Any] | None:
+    """Per-branch parity against a fresh FP32 export; None where none can be made (no torch
+    on a device) or the graph keeps no branch boundaries."""
+    from mmedge.parity import parity_against
+
+    with tempfile.TemporaryDirectory(prefix="mmedge-parity-") as tmp:
+        try:
+            source, _ = _fp32_onnx(recipe, Path(tmp), None, _quiet, check=False)
+            return parity_against(source, manifest, recipe, artifact, samples)
+        except (DependencyMissing, ArtifactError):
+            return None
+
+
+def next_steps(report: CompareReport, manifest: dict[str, Any]) -> list[str]:
+    """What to try when the gate fails, most specific first."""
+    found = []
+    if report.warnings:
+        found.append("re-quantize for the CPU this runs on (--isa, or quantization.isa: auto)")
+    worst = (report.parity or {}).get("most_affected")
+    if worst is not None:
+        sqnr = report.parity["branches"][worst]["sqnr_db"]  # type: ignore[index]
+        found.append(
+            f"the {worst} branch loses most (SQNR {sqnr:.1f} dB against the FP32 export): "
+            f"keep it in float with --keep-fp32 {worst}, or let `mmedge quantize --auto` "
+            "return only its most harmful layers to float"
+        )
+    if manifest["precision"] == "int8":
+        found.append(
+            "`mmedge quantize RECIPE --target "
+            f"{manifest['target']} --auto` searches the fastest INT8 policy that meets "
+            "quantization.accuracy (add that gate to the recipe)"
+        )
+    return found
+
+
+def isa_warnings(manifest: dict[str, Any], device: str | None) -> list[str]:
+    """An INT8 CPU artifact quantized for other INT8 kernels than this CPU's."""
+    from mmedge.hardware import host_profile
+    from mmedge.quantize.isa import artifact_isa, kernel_mismatch
+
+    built_for = artifact_isa(manifest)
+    if built_for is None or not get_target(manifest["target"]).cpu_int8:
+        return []
+    configured = manifest["recipe"]["targets"].get(manifest["target"], {}).get("device")
+    if (device or configured or "CPU") != "CPU":  # a GPU or NPU runs its own kernels
+        return []
+    found = kernel_mismatch(built_for, host_profile())
+    return [found] if found else []
 
 
 def enforce_gate(report: CompareReport, directory: Path) -> None:
@@ -286,6 +376,7 @@ def bench_artifact(
         shapes={k: list(v) for k, v in shapes.items()},
         settings=settings,
         branch_ms=branch_ms,
+        warnings=isa_warnings(manifest, device),
     )
     name = f"bench-{cfg.mode}-b{cfg.batch}-t{cfg.threads}-{cfg.shape}.json"
     atomic_write_json(directory / name, result.to_json())

@@ -168,15 +168,48 @@ QuantOp = Literal[
 _WEIGHTED_OPS: tuple[QuantOp, ...] = ("Conv", "MatMul", "Gemm", "Gather")
 
 
+class AccuracyConfig(_Strict):
+    """The gate `mmedge quantize --auto` (and `run`) searches a mixed-precision policy for.
+
+    Measured against the FP32 ONNX export (checked against PyTorch at export) on the eval set,
+    or the calibration set when the recipe has none.
+    """
+
+    # top1_agreement and cosine are fractions (>= target), sqnr_db in dB (>= target),
+    # accuracy_drop in percentage points against FP32 (<= target; needs labels).
+    metric: Literal["top1_agreement", "accuracy_drop", "cosine", "sqnr_db"] = "top1_agreement"
+    target: float = 0.99
+    samples: PosInt | None = None  # validation samples (cap); None: the whole set
+    # Layers are ranked by how much of the output error they cause, on this many samples.
+    ranking_samples: PosInt = 128
+    max_float_layers: PosInt = 32  # give up (and say so) past this many layers in float
+    # Time each candidate policy for this long per round (latency decides between passing ones).
+    latency_seconds: Annotated[float, Field(gt=0)] = 0.3
+
+    @model_validator(mode="after")
+    def _target_in_range(self) -> AccuracyConfig:
+        limits = {"top1_agreement": (0, 1), "cosine": (-1, 1), "accuracy_drop": (0, 100)}
+        low, high = limits.get(self.metric, (float("-inf"), float("inf")))
+        if not low <= self.target <= high:
+            raise ValueError(
+                f"target {self.target} is outside [{low}, {high}] for metric {self.metric}"
+            )
+        return self
+
+
 class QuantizationConfig(_Strict):
     mode: Literal["static", "dynamic"] = "static"
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: Annotated[float, Field(gt=90, le=100)] = 99.999
     per_channel: bool = True
-    activation_type: Literal["uint8", "int8"] = "uint8"
-    weight_type: Literal["int8", "uint8"] = "int8"
+    # The CPU the INT8 artifact will run on: "auto" (this machine) or a profile (x86-avx2,
+    # x86-avx512, x86-vnni, x86-amx, arm-neon, arm-dotprod, arm-i8mm). It picks the types below
+    # when they are left unset (mmedge/quantize/isa.py says why); the manifest records both.
+    isa: str = "auto"
+    activation_type: Literal["uint8", "int8"] | None = None
+    weight_type: Literal["int8", "uint8"] | None = None
     # Without VNNI, u8 x s8 products can saturate 16-bit accumulators; 7-bit weights avoid it.
-    reduce_range: bool = False
+    reduce_range: bool | None = None
     # Weighted ops only, by default. Measured on the reference model: ONNX Runtime's own default
     # (every op it can quantize) also quantizes the attention-mask Add, whose range reaches -1e4,
     # and LayerNorm: top-1 agreement 93.5% and a 3.7-point accuracy drop, all from the text
@@ -191,6 +224,18 @@ class QuantizationConfig(_Strict):
     quantize_bias: bool = True
     quantize_weighted_outputs: bool = True
     exclude_nodes: list[str] = Field(default_factory=list)  # raw ONNX node names, advanced
+    accuracy: AccuracyConfig | None = None  # the gate of `quantize --auto`; see AccuracyConfig
+
+    @field_validator("isa")
+    @classmethod
+    def _known_isa(cls, value: str) -> str:
+        from mmedge.hardware import PROFILES
+
+        if value != "auto" and value not in PROFILES:
+            raise ValueError(
+                f"unknown ISA profile {value!r}; expected one of: auto, {', '.join(PROFILES)}"
+            )
+        return value
 
 
 class OnnxRuntimeTarget(_Strict):
@@ -212,6 +257,9 @@ class NncfConfig(_Strict):
     # Regular expressions over OpenVINO op names to leave in float; one that matches nothing
     # is an error (NNCF validates it).
     ignored_patterns: list[str] = Field(default_factory=list)
+    # 7-bit weights against u8 x s8 saturation on CPUs without VNNI. None: from quantization.isa
+    # (enable without VNNI, disable with it); NNCF's own default is first_layer.
+    overflow_fix: Literal["enable", "first_layer", "disable"] | None = None
 
 
 class OpenVinoTarget(_Strict):

@@ -234,3 +234,55 @@ def outlier_audio() -> FusionNet:
     model = FusionNet(TINY)
     model.audio_encoder = OutlierAudioEncoder(model.audio_encoder)  # type: ignore[assignment]
     return model
+
+
+class FragileHead(nn.Module):
+    """A fusion head one of whose layers cannot be quantized: its input mixes features of
+    size ~1 with one feature spanning 0..1000, and both matter. Per-tensor INT8 over the full
+    range rounds the small features away; any clipped range (percentile, entropy) cuts the
+    large one; no type or placement switch helps. Only this layer in float is accurate."""
+
+    def __init__(self, width: int, classes: int) -> None:
+        super().__init__()
+        self.spread = nn.Linear(width, 8)
+        self.gain = nn.Linear(width, 1)
+        self.fragile = nn.Linear(9, classes)
+        with torch.no_grad():
+            self.fragile.weight[:, 8] = torch.linspace(-1e-2, 1e-2, classes)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        small = torch.relu(self.spread(features))
+        large = 1000.0 * torch.sigmoid(4.0 * self.gain(features))
+        return self.fragile(torch.cat([small, large], dim=1))  # type: ignore[no-any-return]
+
+
+class FragileFusion(nn.Module):
+    """Tiny tri-modal model whose fusion head has one deliberately fragile layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.image_encoder = nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+        )
+        self.text_encoder = nn.Embedding(16, 4)
+        self.audio_encoder = nn.Sequential(
+            nn.Conv1d(4, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten()
+        )
+        self.head = FragileHead(12, 5)
+
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        audio: torch.Tensor,
+    ) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).float()
+        text = (self.text_encoder(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        fused = torch.cat([self.image_encoder(image), text, self.audio_encoder(audio)], dim=1)
+        return self.head(fused)  # type: ignore[no-any-return]
+
+
+def fragile_fusion() -> FragileFusion:
+    torch.manual_seed(0)
+    return FragileFusion()

@@ -18,7 +18,11 @@ from mmedge.calibration import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.inputs import Feeds
 from mmedge.logs import captured_output, write_log
+from mmedge.quantize.isa import nncf_overflow_fix, profile_name
 from mmedge.recipe import Recipe
+
+# mmedge's spelling (the recipe's) → NNCF's OverflowFix values.
+_OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
 
 
 class Samples:
@@ -72,6 +76,7 @@ def quantize_openvino(
 ) -> tuple[Any, dict[str, Any]]:
     """The NNCF-quantized model and what the manifest records about the step."""
     import nncf
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
     cfg = recipe.targets.openvino.nncf
     transformer = cfg.model_type == "transformer" or (
@@ -86,6 +91,10 @@ def quantize_openvino(
         kwargs["model_type"] = nncf.ModelType.TRANSFORMER
     if cfg.preset is not None:
         kwargs["preset"] = nncf.QuantizationPreset(cfg.preset)
+    overflow_fix, overflow_reason = nncf_overflow_fix(recipe)
+    kwargs["advanced_parameters"] = AdvancedQuantizationParameters(
+        overflow_fix=OverflowFix(_OVERFLOW_FIX[overflow_fix])
+    )
     start = time.perf_counter()
     # NNCF draws progress bars and logs at INFO; the terminal gets mmedge's summary instead.
     with captured_output() as logged:
@@ -113,6 +122,11 @@ def quantize_openvino(
         "ignored_ops": len(kwargs["ignored_scope"].names),
         "ignored_patterns": list(cfg.ignored_patterns),
         "kept_fp32_branches": list(recipe.quantization.keep_fp32),
+        "int8_types": {
+            "profile": profile_name(recipe.quantization.isa),
+            "overflow_fix": overflow_fix,
+            "reason": overflow_reason,
+        },
         "seconds": round(time.perf_counter() - start, 3),
     }
     if logged:

@@ -30,6 +30,7 @@ from mmedge.branches import nodes_by_branch
 from mmedge.calibration import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.logs import captured_output, write_log
+from mmedge.quantize.isa import ort_types
 from mmedge.quantize.ort_calibration import FeedReader, calibrate_to_cache, per_shape_supported
 from mmedge.recipe import QuantizationConfig, Recipe
 
@@ -111,6 +112,7 @@ def quantize_onnx(
             try:
                 if cfg.mode == "dynamic":
                     _dynamic(pre, out, cfg, exclude)
+                    details["int8_types"] = ort_types(cfg).to_json()
                 else:
                     if calib is None:
                         raise InputSpecError("static quantization needs calibration data")
@@ -148,10 +150,11 @@ def _static(
     workdir: Path,
 ) -> dict[str, Any]:
     method = _METHODS[cfg.method]
+    types = ort_types(cfg)
     extra: dict[str, Any] = {}
     if cfg.method == "percentile":
         extra["CalibPercentile"] = cfg.percentile
-    if cfg.activation_type == "int8":
+    if types.activation_type == "int8":
         # Signed activations are meant to be symmetric (TensorRT-style, zero point 0).
         extra["ActivationSymmetric"] = True
     extra["QuantizeBias"] = cfg.quantize_bias
@@ -160,21 +163,21 @@ def _static(
     common: dict[str, Any] = {
         "quant_format": QuantFormat.QDQ,
         "per_channel": cfg.per_channel,
-        "reduce_range": cfg.reduce_range,
-        "activation_type": _TYPES[cfg.activation_type],
-        "weight_type": _TYPES[cfg.weight_type],
+        "reduce_range": types.reduce_range,
+        "activation_type": _TYPES[types.activation_type],
+        "weight_type": _TYPES[types.weight_type],
         "nodes_to_exclude": exclude,
         "op_types_to_quantize": list(cfg.op_types),
         "calibrate_method": method,
         "extra_options": extra,
     }
+    recorded = {"int8_types": types.to_json()}
     if per_shape_supported():
-        calib_options = {"percentile": cfg.percentile} if cfg.method == "percentile" else {}
         cache, samples, groups = calibrate_to_cache(
-            src, calib, batch, method, list(cfg.op_types), calib_options, workdir
+            src, calib, batch, method, list(cfg.op_types), _calib_options(cfg), workdir
         )
         quantize_static(str(src), str(out), None, calibration_cache_path=str(cache), **common)
-        return {"calibration_samples": samples, "calibration_shape_groups": groups}
+        return {"calibration_samples": samples, "calibration_shape_groups": groups, **recorded}
     reader = FeedReader(b.feeds for b in calib.batches(batch))
     try:
         quantize_static(str(src), str(out), reader, **common)
@@ -186,10 +189,26 @@ def _static(
             hint="upgrade to onnxruntime >= 1.27 (calibrates one shape at a time), use "
             "--method minmax, or give shards of one shape",
         ) from None
-    return {"calibration_samples": reader.samples_seen, "calibration_shape_groups": None}
+    return {
+        "calibration_samples": reader.samples_seen,
+        "calibration_shape_groups": None,
+        **recorded,
+    }
+
+
+def _calib_options(cfg: QuantizationConfig) -> dict[str, Any]:
+    if cfg.method == "percentile":
+        return {"percentile": cfg.percentile}
+    if cfg.method == "entropy":
+        # ONNX Runtime creates its entropy calibrator with 128 histogram bins and 128 quantized
+        # bins, for which the KL search has one candidate threshold: the full range, i.e. MinMax
+        # (measured: a byte-identical model). TensorRT's entropy calibration uses 2048 bins.
+        return {"num_bins": 2048, "num_quantized_bins": 128}
+    return {}
 
 
 def _dynamic(src: Path, out: Path, cfg: QuantizationConfig, exclude: list[str]) -> None:
+    types = ort_types(cfg)
     quantize_dynamic(
         str(src),
         str(out),
@@ -198,7 +217,7 @@ def _dynamic(src: Path, out: Path, cfg: QuantizationConfig, exclude: list[str]) 
             op for op in cfg.op_types if op in ("MatMul", "Gemm", "Gather", "Conv")
         ],
         per_channel=cfg.per_channel,
-        reduce_range=cfg.reduce_range,
-        weight_type=_TYPES[cfg.weight_type],
+        reduce_range=types.reduce_range,
+        weight_type=_TYPES[types.weight_type],
         nodes_to_exclude=exclude,
     )

@@ -12,11 +12,13 @@ import io
 from typing import Any
 
 from mmedge.run.report import (
+    SEARCH_HEADERS,
     VARIANT_HEADERS,
     branch_names,
     latency_rows,
     parity_branches,
     parity_rows,
+    search_rows,
     step_rows,
     variant_rows,
 )
@@ -93,6 +95,21 @@ def plots(report: dict[str, Any]) -> list[tuple[str, str]]:
         ax.set_ylabel("eval accuracy %")
         ax.legend()
         out.append(("Accuracy against latency", _svg(fig)))
+    searched = [v for v in report["variants"] if v.get("search")]
+    if searched:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for v in searched:
+            built = [s for s in v["search"]["steps"] if s["built"] and s["p50_ms"] is not None]
+            ax.plot([s["p50_ms"] for s in built], [s["metric"] for s in built], "o-",
+                    label=f"{v['name']} ({v['search']['metric']})")  # fmt: skip
+            chosen = [s for s in built if s["name"] == v["search"]["chosen"]]
+            ax.scatter([s["p50_ms"] for s in chosen], [s["metric"] for s in chosen], s=120,
+                       facecolors="none", edgecolors="r")  # fmt: skip
+            ax.axhline(v["search"]["target"], ls=":", color="gray")
+        ax.set_xlabel("p50 latency ms (interleaved rounds)")
+        ax.set_ylabel("gate metric")
+        ax.legend(fontsize=7)
+        out.append(("INT8 policy search: gate metric against latency (circled: chosen)", _svg(fig)))
     profiled = [v for v in timed if v.get("branch_ms")]
     if profiled:
         branches = branch_names(report)
@@ -138,6 +155,11 @@ def render_html(report: dict[str, Any]) -> str:
         + (f"<ul>{parity}</ul>" if parity else "")
         + "<h2>Latency per branch (profiled ms)</h2>"
         + _table(["variant", *branches, "dominant"], latency_rows(report))
+        + (
+            "<h2>INT8 policy searches</h2>" + _table(SEARCH_HEADERS, search_rows(report))
+            if search_rows(report)
+            else ""
+        )
         + plot_html
         + (f"<h2>Missing results</h2><ul>{missing}</ul>" if missing else "")
         + (f"<h2>Advice for this machine</h2><ul>{advice}</ul>" if advice else "")

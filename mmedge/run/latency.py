@@ -9,16 +9,30 @@ baseline: drifting load hits both sides of each ratio alike.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from mmedge.rundir import atomic_write_json
 
 
+def interleaved_p50(
+    calls: Mapping[str, tuple[Callable[[], object], int]], rounds: int, seconds: float
+) -> dict[str, list[float]]:
+    """Per-round p50 ms of each (call, warmup): every call timed once per round, in turn."""
+    from mmedge.bench import time_calls
+
+    p50: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, (call, warmup) in calls.items():
+            samples = time_calls(call, warmup, 1, seconds)
+            p50[name].append(float(statistics.median(samples.tolist())))
+    return p50
+
+
 def interleaved_latency(
     directories: dict[str, Path], baseline: str, rounds: int, seconds: float, out: Path
 ) -> dict[str, Any]:
-    from mmedge.bench import time_calls
     from mmedge.inputs import dummy_feeds
     from mmedge.pipeline import bench_settings, load_session, open_artifact
     from mmedge.targets import SessionConfig
@@ -37,11 +51,7 @@ def interleaved_latency(
             sessions.append(session)
             calls[name] = (session.prepare(feeds), cfg.warmup)
             settings = {"batch": cfg.batch, "threads": cfg.threads, "shape": cfg.shape}
-        p50: dict[str, list[float]] = {name: [] for name in calls}
-        for _ in range(rounds):
-            for name, (call, warmup) in calls.items():
-                samples = time_calls(call, warmup, 1, seconds)
-                p50[name].append(float(statistics.median(samples.tolist())))
+        p50 = interleaved_p50(calls, rounds, seconds)
     finally:
         for session in sessions:
             session.close()

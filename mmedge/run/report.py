@@ -123,7 +123,45 @@ def _variant(directory: Path, name: str, steps: dict[str, dict[str, Any]]) -> di
         "branch_ms": (bench or {}).get("branch_ms"),
         "dominant_branch": _dominant((bench or {}).get("branch_ms")),
         "bench_settings": (bench or {}).get("settings"),
+        "search": _search(_read(where / "search.json")),
     }
+
+
+def _search(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What `quantize --auto` tried for this variant: real builds and their measurements."""
+    if not record:
+        return None
+    return {
+        "metric": record["gate"]["metric"],
+        "target": record["gate"]["target"],
+        "chosen": record["chosen"]["name"],
+        "steps": [
+            {k: s.get(k) for k in ("name", "built", "metric", "passed", "p50_ms", "bytes")}
+            for s in record["steps"]
+        ],
+    }
+
+
+def search_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for v in report["variants"]:
+        found = v.get("search") or {}
+        for s in found.get("steps", []):
+            rows.append(
+                [
+                    v["name"],
+                    s["name"] + (" (chosen)" if s["name"] == found["chosen"] else ""),
+                    "build" if s["built"] else "estimate",
+                    _f(s["metric"], "{:.4f}"),
+                    "yes" if s["passed"] else "no",
+                    _f(s["p50_ms"]),
+                    _f(None if s["bytes"] is None else s["bytes"] / 1e6, "{:.2f}"),
+                ]
+            )
+    return rows
+
+
+SEARCH_HEADERS = ["variant", "policy", "kind", "metric", "passes", "p50 ms", "MB"]
 
 
 def _ok(steps: dict[str, dict[str, Any]], name: str, failed_too: bool = False) -> bool:
@@ -143,7 +181,10 @@ def _pareto(variants: list[dict[str, Any]]) -> list[str]:
     points = [
         (v["name"], v["p50_rounds_ms"], v["accuracy"])
         for v in variants
-        if v.get("p50_rounds_ms") is not None and v.get("accuracy") is not None
+        # A variant that fails its gate is never a trade-off worth offering.
+        if v.get("p50_rounds_ms") is not None
+        and v.get("accuracy") is not None
+        and v.get("gate_passed") is not False
     ]
     front = []
     for name, lat, acc in points:
@@ -314,6 +355,17 @@ def render_markdown(report: dict[str, Any]) -> str:
         parts += ["## Missing results", ""]
         parts += [f"- {name} {kind}: {why}" for name, kind, why in missing]
         parts.append("")
+    searched = search_rows(report)
+    if searched:
+        parts += [
+            "## INT8 policy searches",
+            "",
+            "Each INT8 variant built with `quantization.accuracy`: the policies tried, their gate "
+            "metric on the validation set, and (real builds) p50 from interleaved rounds.",
+            "",
+            _table(SEARCH_HEADERS, searched),
+            "",
+        ]
     if report.get("advice"):
         parts += ["## Advice for this machine", ""] + [f"- {a}" for a in report["advice"]] + [""]
     parts += ["## Steps", "", _table(["step", "status", "seconds", "note"], step_rows(report)), ""]

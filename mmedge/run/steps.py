@@ -179,6 +179,7 @@ def _build_step(
     baseline: bool = False,
 ) -> Step:
     from mmedge.pipeline import build_artifact
+    from mmedge.quantize.isa import profile_name
 
     def recipe() -> Recipe:
         return ctx.recipe if baseline else ctx.effective()
@@ -190,11 +191,19 @@ def _build_step(
             "model": _model_sha(r),
             **_data_sha(r, calibration=precision == "int8"),
             "variant": variant,
+            # isa: auto quantizes for this machine's CPU: another CPU class is another artifact.
+            "isa": profile_name(r.quantization.isa) if precision == "int8" else None,
         }
 
     def action() -> dict[str, Any]:
-        manifest = build_artifact(recipe(), target, precision, ctx.artifact(variant), force=True)
-        return {"bytes": manifest["artifact"]["bytes"]}
+        r = recipe()
+        # With a gate in the recipe, every INT8 variant is the fastest policy that meets it.
+        auto = precision == "int8" and r.quantization.accuracy is not None
+        manifest = build_artifact(r, target, precision, ctx.artifact(variant), True, auto=auto)
+        summary: dict[str, Any] = {"bytes": manifest["artifact"]["bytes"]}
+        if auto:
+            summary["search"] = manifest["steps"]["search"]
+        return summary
 
     needs = [] if baseline or ctx.recipe.prune is None else ["prune"]
     return Step(
@@ -237,7 +246,8 @@ def _compare_step(
     directory = ctx.artifact(variant)
 
     def action() -> dict[str, Any]:
-        report = compare_artifact(directory, samples=ctx.recipe.run.compare_samples)
+        # Per-branch parity is a step of its own in a run (against the run's FP32 export).
+        report = compare_artifact(directory, samples=ctx.recipe.run.compare_samples, parity=False)
         enforce_gate(report, directory)
         return {"accuracy": report.accuracy, "top1_agreement": report.top1_agreement}
 

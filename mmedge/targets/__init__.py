@@ -19,6 +19,7 @@ from mmedge.errors import RecipeError
 
 if TYPE_CHECKING:
     from mmedge.calibration import DataSource
+    from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
 
 Precision = Literal["fp32", "fp16", "int8"]
@@ -105,6 +106,9 @@ class Target(Protocol):
     name: ClassVar[str]
     precisions: ClassVar[tuple[str, ...]]
     extra: ClassVar[str]  # the pip extra that installs this backend
+    # Its INT8 artifacts run on the CPU's integer kernels, whose numerics differ between ISA
+    # classes (quantization.isa): compare and bench warn on a mismatch.
+    cpu_int8: ClassVar[bool]
 
     def probe(self) -> Probe: ...
 
@@ -122,6 +126,17 @@ class Target(Protocol):
     def load(
         self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
     ) -> Session: ...
+
+    def load_here(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> Session:
+        """A session on this machine: the backend's own where it runs here, else what this
+        machine can run of the artifact (a TensorRT bundle's graph in ONNX Runtime)."""
+        ...
+
+    def search_space(self) -> SearchSpace:
+        """What `quantize --auto` may change for this target (mmedge/quantize/space.py)."""
+        ...
 
 
 REGISTRY: dict[str, str] = {

@@ -15,6 +15,7 @@ from mmedge.targets import BuildResult, Probe, SessionConfig
 
 if TYPE_CHECKING:
     from mmedge.calibration import DataSource
+    from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
 
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
@@ -25,7 +26,7 @@ class OrtSession:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | bytes,  # a file, or a serialized model (edited in memory)
         threads: int,
         optimization: str = "all",
         providers: list[str] | None = None,
@@ -51,14 +52,15 @@ class OrtSession:
             opts.profile_file_prefix = str(Path(self._profile_dir.name) / "ort")
         self._threads = threads
         try:
-            source: str | bytes = str(path)
+            source: str | bytes = str(path) if isinstance(path, Path) else path
             if extra_outputs:
                 source = with_outputs(path, extra_outputs)
             self._sess = ort.InferenceSession(
                 source, sess_options=opts, providers=providers or ["CPUExecutionProvider"]
             )
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types
-            raise TargetBuildError(f"ONNX Runtime cannot load {path.name}: {err}"[:600]) from None
+            name = path.name if isinstance(path, Path) else "the edited model"
+            raise TargetBuildError(f"ONNX Runtime cannot load {name}: {err}"[:600]) from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
 
@@ -107,6 +109,7 @@ class OnnxRuntimeTarget:
     name: ClassVar[str] = "onnxruntime"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
     extra: ClassVar[str] = "onnxruntime"
+    cpu_int8: ClassVar[bool] = True
 
     def probe(self) -> Probe:
         try:
@@ -157,8 +160,18 @@ class OnnxRuntimeTarget:
             extra_outputs=config.extra_outputs,
         )
 
+    def load_here(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> OrtSession:
+        return self.load(artifact, recipe, precision, config)
 
-def with_outputs(path: Path, names: tuple[str, ...]) -> bytes:
+    def search_space(self) -> SearchSpace:
+        from mmedge.quantize.space import QdqSpace
+
+        return QdqSpace()
+
+
+def with_outputs(path: Path | bytes, names: tuple[str, ...]) -> bytes:
     """The model with intermediate tensors added as graph outputs (shape left to the runtime).
 
     Loaded with its external data, serialized in memory: fine below protobuf's 2 GB limit,
@@ -166,7 +179,7 @@ def with_outputs(path: Path, names: tuple[str, ...]) -> bytes:
     """
     import onnx
 
-    model = onnx.load(str(path))
+    model = onnx.load(str(path)) if isinstance(path, Path) else onnx.load_from_string(path)
     present = {o.name for o in model.graph.output}
     for name in names:
         if name not in present:

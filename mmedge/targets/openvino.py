@@ -10,6 +10,7 @@ plugin, an FP32 IR runs in bfloat16 on CPUs with AVX-512 BF16 or AMX.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from mmedge.targets import BuildResult, Probe, SessionConfig, ThroughputRun
 
 if TYPE_CHECKING:
     from mmedge.calibration import DataSource
+    from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import OpenVinoTarget as OpenVinoConfig
     from mmedge.recipe import Recipe
 
@@ -56,7 +58,14 @@ def inference_precision(cfg: OpenVinoConfig, precision: str, capabilities: list[
 class OvSession:
     """A compiled OpenVINO model speaking dicts keyed by tensor name."""
 
-    def __init__(self, xml: Path, recipe: Recipe, precision: str, config: SessionConfig) -> None:
+    def __init__(
+        self,
+        xml: Path,
+        recipe: Recipe,
+        precision: str,
+        config: SessionConfig,
+        model: Any = None,  # an ov.Model already read (and edited) from ``xml``
+    ) -> None:
         require("openvino", "openvino")
         import openvino as ov
 
@@ -79,7 +88,7 @@ class OvSession:
             props["PERF_COUNT"] = True
         try:
             with captured_output():
-                model = core.read_model(str(xml))
+                model = core.read_model(str(xml)) if model is None else model
                 for name in config.extra_outputs:
                     # A tensor the conversion renamed or fused away is simply not returned;
                     # the caller names what is missing.
@@ -182,6 +191,7 @@ class OpenVinoTarget:
     name: ClassVar[str] = "openvino"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     extra: ClassVar[str] = "openvino"
+    cpu_int8: ClassVar[bool] = True
 
     def probe(self) -> Probe:
         try:
@@ -205,7 +215,7 @@ class OpenVinoTarget:
         import openvino as ov
 
         start = time.perf_counter()
-        model = _convert(onnx_path)
+        model = convert(onnx_path)
         details: dict[str, object] = {
             "converted_from": "onnx",
             "convert_seconds": round(time.perf_counter() - start, 3),
@@ -229,6 +239,16 @@ class OpenVinoTarget:
     ) -> OvSession:
         return OvSession(artifact, recipe, precision, config)
 
+    def load_here(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> OvSession:
+        return self.load(artifact, recipe, precision, config)
+
+    def search_space(self) -> SearchSpace:
+        from mmedge.quantize.space import NncfSpace
+
+        return NncfSpace()
+
 
 def _drive(queue: Any, count: int, deadline: float | None) -> list[float]:
     """Start ``count`` inferences (or until ``deadline``); return their latencies in ms."""
@@ -247,18 +267,44 @@ def _drive(queue: Any, count: int, deadline: float | None) -> list[float]:
     return latencies
 
 
-def _convert(onnx_path: Path) -> Any:
+def convert(onnx_path: Path) -> Any:
+    """The ONNX model as an OpenVINO model, every op named after its place in the graph."""
     import openvino as ov
 
     with captured_output() as logged:
         try:
-            return ov.convert_model(str(onnx_path))
+            return stable_names(ov.convert_model(str(onnx_path)))
         except Exception as err:  # the converter raises its own Error and RuntimeError types
             log = write_log("openvino-convert", "\n".join([*logged, traceback.format_exc()]))
             raise TargetBuildError(
                 f"OpenVINO cannot convert the ONNX model: {type(err).__name__}: {err}"[:600],
                 hint=f"full log: {log}",
             ) from None
+
+
+_GENERATED = re.compile(r"[A-Za-z]+_\d+")
+
+
+def stable_names(model: Any) -> Any:
+    """Ops the converter creates (a LayerNorm fused into ``MVN_180523``) get numbered names
+    that change from one conversion to the next, and no module scope. They are renamed after
+    their first input's producer (``/text_encoder/layers.0/norm1/.../MVN``), in graph order: the
+    same on every conversion, so an NNCF IgnoredScope can name them, and their branch is known
+    for per-branch latency and parity."""
+    taken = {op.get_friendly_name() for op in model.get_ops()}
+    for op in model.get_ordered_ops():
+        name = op.get_friendly_name()
+        if not _GENERATED.fullmatch(name) or op.get_input_size() == 0:
+            continue
+        producer = op.input_value(0).get_node().get_friendly_name()
+        base = f"{producer}/{op.get_type_name()}"
+        new, k = base, 1
+        while new in taken:
+            k += 1
+            new = f"{base}_{k}"
+        op.set_friendly_name(new)
+        taken.add(new)
+    return model
 
 
 def _output_name(port: Any, wanted: tuple[str, ...]) -> str:

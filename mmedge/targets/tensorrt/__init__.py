@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import onnx
 
-from mmedge.targets import BuildResult, Probe, SessionConfig
+from mmedge.targets import BuildResult, Probe, Session, SessionConfig
 from mmedge.targets.tensorrt.bundle import (
     ENGINE,
     ENGINE_META,
@@ -32,6 +32,7 @@ from mmedge.targets.tensorrt.rules import check_model, summary
 
 if TYPE_CHECKING:
     from mmedge.calibration import DataSource
+    from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
     from mmedge.targets.tensorrt.session import TrtSession
 
@@ -48,6 +49,7 @@ class TensorRtTarget:
     name: ClassVar[str] = "tensorrt"
     precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
     extra: ClassVar[str] = "tensorrt"
+    cpu_int8: ClassVar[bool] = False  # GPU tensor cores; symmetric INT8 by TensorRT's rules
 
     def probe(self) -> Probe:
         """Installed means: bundles can be made here (they need onnxruntime, not TensorRT)."""
@@ -110,6 +112,22 @@ class TensorRtTarget:
         from mmedge.targets.tensorrt.session import TrtSession
 
         return TrtSession(artifact.parent, recipe, precision, config)
+
+    def load_here(
+        self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
+    ) -> Session:
+        if tensorrt_version() is not None:
+            return self.load(artifact, recipe, precision, config)
+        # The bundle's own graph (its Q/DQ or FP16 numerics) in ONNX Runtime: what a machine
+        # without TensorRT can say about it; the engine's own figures come from the device.
+        from mmedge.targets.onnxruntime import OrtSession
+
+        return OrtSession(artifact, config.threads, extra_outputs=config.extra_outputs)
+
+    def search_space(self) -> SearchSpace:
+        from mmedge.quantize.space import QdqSpace
+
+        return QdqSpace(types=False)  # TensorRT's rules fix types and Q/DQ placement
 
 
 def _write_parity(out: Path, fp32: Path, recipe: Recipe) -> dict[str, Any]:
