@@ -454,7 +454,9 @@ def doctor(data: Mapping[str, Any]) -> None:
         f"trtexec: {trt['trtexec'] or 'not found'}",
     )
     cpu = data["cpu"]
-    table.add_row("cpu", escape(str(cpu["name"])), escape(", ".join(cpu["features"]) or "-"))
+    profile = f"INT8 profile: {cpu.get('isa_profile', 'unknown')}"
+    features = ", ".join(cpu["features"]) or "-"
+    table.add_row("cpu", escape(str(cpu["name"])), escape(f"{features}; {profile}"))
     for gpu in data["gpus"] or [{"name": "none found", "compute_capability": "-", "driver": "-"}]:
         table.add_row("gpu", escape(gpu["name"]), f"compute capability {gpu['compute_capability']}")
     out.print(table)

@@ -99,6 +99,30 @@ def test_found_policy_rebuilds_without_searching(tmp_path: Path) -> None:
     assert (tmp_path / "again" / "model.onnx").read_bytes() == first
 
 
+def test_run_report_shows_the_search(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from mmedge.run.html import plots
+    from mmedge.run.report import render_markdown, search_rows
+
+    _, record = _search(tmp_path, "onnxruntime")
+    variant = {"name": "onnxruntime-int8", "search": _search_summary(record)}
+    rows = search_rows({"variants": [variant]})
+    assert len(rows) == len(record["steps"])
+    assert sum("(chosen)" in r[1] for r in rows) >= 1
+    titles = [t for t, _ in plots({"variants": [variant], "pareto": []})]
+    assert any("policy search" in t for t in titles)
+    report = {"variants": [], "pareto": [], "steps": []}
+    assert "INT8 policy searches" not in render_markdown(report)
+
+
+def _search_summary(record: dict[str, Any]) -> dict[str, Any]:
+    from mmedge.run.report import _search
+
+    found = _search(record)
+    assert found is not None
+    return found
+
+
 def test_gate_already_met_costs_one_build(tmp_path: Path) -> None:
     recipe = load_recipe(_recipe(tmp_path, {**GATE, "target": 5}))
     build_artifact(recipe, "onnxruntime", "int8", tmp_path / "out", auto=True)

@@ -102,7 +102,11 @@ class Search:
 
     # -- state ---------------------------------------------------------------------------
     def _state_key(self) -> str:
-        data = [self.recipe.artifact_sha256(), self.target.name, self.val.samples]
+        from mmedge.quantize.isa import profile_name
+
+        # isa: auto builds for this machine: another CPU class must not reuse its candidates.
+        isa = profile_name(self.recipe.quantization.isa)
+        data = [self.recipe.artifact_sha256(), self.target.name, self.val.samples, isa]
         return hashlib.sha256(json.dumps(data).encode()).hexdigest()
 
     def _load_state(self) -> dict[str, dict[str, Any]]:
@@ -207,10 +211,9 @@ class Search:
         start = time.perf_counter()
         self._check_float()
         base = self.evaluate(Candidate("full INT8", {}, [], built=True))
-        passing = [base] if base.passed else self._switches(base)
+        passing, start_from = ([base], base) if base.passed else self._switches(base)
         if not passing:
-            base = self.best() or base
-            passing = self._layers(base)
+            passing = self._layers(start_from)
         if not passing:
             raise self._unreachable()
         chosen = self._fastest(passing)
@@ -248,16 +251,17 @@ class Search:
                 hint="relax quantization.accuracy.target",
             )
 
-    def _switches(self, base: Candidate) -> list[Candidate]:
+    def _switches(self, base: Candidate) -> tuple[list[Candidate], Candidate]:
+        """(builds that pass, the policy the layer search starts from)."""
         tried = [
             self.evaluate(Candidate(s.name, s.overrides, [], built=True))
             for s in self.space.switches(self.recipe)
         ]
         passing = [c for c in tried if c.passed]
         if passing:
-            return passing
+            return passing, base
         # A switch that buys accuracy with much of INT8's speed (measured: Q/DQ placement made
-        # a MiniLM model 2.2x slower in ONNX Runtime) is no base for the layer search: layers
+        # a MiniLM model 2-3x slower in ONNX Runtime) is no base for the layer search: layers
         # returned to float are then the cheaper way to the gate.
         helped = [
             c
@@ -265,7 +269,7 @@ class Search:
             if better(c.metric, base.metric, self.gate.metric) and self._affordable(c, base)
         ]
         if not helped:
-            return []
+            return [], base
         best = best_of(helped, self.gate.metric)
         current = best
         for other in helped:  # the others that helped, on top of the best one
@@ -274,12 +278,12 @@ class Search:
             merged = {**current.overrides, **other.overrides}
             cand = self.evaluate(Candidate(f"{current.name} + {other.name}", merged, [], True))
             if cand.passed:
-                return [cand]
+                return [cand], cand
             if better(cand.metric, current.metric, self.gate.metric) and self._affordable(
                 cand, base
             ):
                 current = cand
-        return []
+        return [], current
 
     def _layers(self, base: Candidate) -> list[Candidate]:
         # Every layer is ranked once, across branches (branches worst first, so ties go to the
