@@ -21,6 +21,7 @@ from mmedge.errors import (
     ArtifactError,
     DependencyMissing,
     InputSpecError,
+    MmedgeError,
     RecipeError,
     RuleViolation,
 )
@@ -260,14 +261,15 @@ def _parity_or_none(
     manifest: dict[str, Any], recipe: Recipe, artifact: Path, samples: int | None
 ) -> dict[str, Any] | None:
     """Per-branch parity against a fresh FP32 export; None where none can be made (no torch
-    on a device) or the graph keeps no branch boundaries."""
+    on a device, model files not here: `compare --reference DIR` needs neither) or the graph
+    keeps no branch boundaries. It explains a comparison; it never fails one."""
     from mmedge.parity import parity_against
 
     with tempfile.TemporaryDirectory(prefix="mmedge-parity-") as tmp:
         try:
             source, _ = _fp32_onnx(recipe, Path(tmp), None, _quiet, check=False)
             return parity_against(source, manifest, recipe, artifact, samples)
-        except (DependencyMissing, ArtifactError):
+        except MmedgeError:
             return None
 
 

@@ -131,6 +131,7 @@ def test_gate_already_met_costs_one_build(tmp_path: Path) -> None:
 
 
 def test_gate_unreachable_even_in_fp32(tmp_path: Path) -> None:
+    pytest.importorskip("openvino")
     # OpenVINO's FP32 IR differs from the ONNX export by float rounding: no SQNR reaches 400 dB.
     recipe = load_recipe(_recipe(tmp_path, {**GATE, "target": 400}))
     with pytest.raises(AccuracyError, match=r"cannot be met even in floating point.*FP32"):
@@ -201,3 +202,19 @@ def test_compare_names_the_branch_and_what_to_try(tmp_path: Path) -> None:
     assert any("--auto" in s for s in report.next_steps)
     saved = json.loads((tmp_path / "int8" / "compare.json").read_text())
     assert saved["parity"]["most_affected"] == "fusion"
+
+
+def test_compare_against_an_artifact_needs_no_model_for_parity(tmp_path: Path) -> None:
+    from mmedge.pipeline import compare_artifact
+
+    recipe = load_recipe(write_recipe(tmp_path, {"model.factory": "tests.models:failing_factory"}))
+    ok = load_recipe(write_recipe(tmp_path / "ok"))
+    build_artifact(ok, "onnxruntime", "fp32", tmp_path / "fp32")
+    build_artifact(ok, "onnxruntime", "int8", tmp_path / "int8")
+    # The artifact's recipe now names a factory that fails: parity is skipped, compare works.
+    manifest_path = tmp_path / "int8" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["recipe"]["model"] = recipe.model.model_dump(mode="json")
+    manifest_path.write_text(json.dumps(manifest))
+    report = compare_artifact(tmp_path / "int8", reference_dir=tmp_path / "fp32")
+    assert report.parity is None and report.samples > 0
