@@ -42,6 +42,7 @@ from mmedge.targets import BuildResult, SessionConfig, Target
 Progress = Callable[[str], None]
 STATE = "state.json"
 LATENCY_BUDGET = 1.25  # a switch may cost this much of full INT8's latency to be built upon
+REAL_EXTENSIONS = 4  # real builds that may add ranked layers when the estimate fell short
 
 
 @dataclass
@@ -290,9 +291,10 @@ class Search:
         # branch parity blames): a layer's effect on the output does not stop at its branch
         # (on the reference model the fusion head's first layer alone is worth 2 dB).
         layers = [n for _, names in self._ranked_branches(base) for n in names]
+        ranked = self._rank_layers(base, layers)
         floated: list[str] = []
         current = base
-        for layer in self._rank_layers(base, layers):
+        for layer in ranked:
             if len(floated) >= self.gate.max_float_layers:
                 break
             floated.append(layer)
@@ -301,24 +303,30 @@ class Search:
                           list(floated), built=False, float_ops=len(floated)), base)  # fmt: skip
             if current.passed:
                 break
-        if not current.passed:
-            # The fast estimate leaves some error a real build does not (NNCF's bias
-            # correction of a layer it skips): the real build of those layers gets a chance.
-            real = self.evaluate(
-                Candidate(f"{base.name}, {len(floated)} layer(s) in float", base.overrides,
-                          floated, built=True, float_ops=len(floated))) if floated else base  # fmt: skip
-            return [c for c in [real, *self._branch_route(base)] if c.passed]
-        kept = self._requantize(base, floated)
-        real = self.evaluate(
-            Candidate(f"{base.name}, {len(kept)} layer(s) in float", base.overrides,
-                      kept, built=True, float_ops=len(kept)))  # fmt: skip
+        if not floated:
+            return self._branch_route(base)
+        # The fast estimate leaves some error a real build does not (NNCF's bias correction of
+        # a layer it skips), or adds some (NNCF moves the quantizers of a skipped concat).
+        kept = self._requantize(base, floated) if current.passed else floated
+        real = self._real(base, kept)
         if not real.passed and kept != floated:
             # Re-quantizing was judged on estimates; a real build can land a sample or two
             # lower. The set before re-quantization is the safer one.
-            real = self.evaluate(
-                Candidate(f"{base.name}, {len(floated)} layer(s) in float", base.overrides,
-                          floated, built=True, float_ops=len(floated)))  # fmt: skip
+            real = self._real(base, floated)
+        rest = [n for n in ranked if n not in floated]
+        # Measured on CI (AVX2): an estimate of 39.7 dB whose real build gave 29.997 for a
+        # 30 dB gate. The next ranked layers, built for real, close such a gap.
+        for layer in rest[:REAL_EXTENSIONS]:
+            if real.passed or len(floated) >= self.gate.max_float_layers:
+                break
+            floated.append(layer)
+            real = self._real(base, floated)
         return [c for c in [real, *self._branch_route(base)] if c.passed]
+
+    def _real(self, base: Candidate, layers: list[str]) -> Candidate:
+        return self.evaluate(
+            Candidate(f"{base.name}, {len(layers)} layer(s) in float", base.overrides,
+                      list(layers), built=True, float_ops=len(layers)))  # fmt: skip
 
     def _ranked_branches(self, base: Candidate) -> list[tuple[str, list[str]]]:
         """Branches worst first (by SQNR of their output embedding), with their layers."""
