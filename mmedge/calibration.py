@@ -8,7 +8,10 @@ Every consumer (quantizers of all targets, compare, bench) reads through ``DataS
 
 from __future__ import annotations
 
+import math
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,11 +126,7 @@ class ShardDataset:
 
     def _read(self, shard: Path) -> tuple[Feeds, np.ndarray | None]:
         where = f"{self.path.name}/{shard.name}"
-        try:
-            with np.load(shard, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            raise InputSpecError(f"cannot read shard {shard}: {err}") from None
+        arrays = read_npz(shard)
         for name in self.ignore:
             arrays.pop(name, None)
         labels = None
@@ -180,6 +179,53 @@ class ShardDataset:
 
     def describe(self) -> str:
         return f"{self.path} ({self.samples} samples)"
+
+
+def read_npz(shard: Path) -> dict[str, np.ndarray]:
+    """Every array of a .npz file: no pickles, and no header believed beyond the file's size."""
+    try:
+        with shard.open("rb") as fh:
+            magic = fh.read(4)
+        if magic not in (b"PK\x03\x04", b"PK\x05\x06"):  # what np.load takes for a .npz
+            # (np.load would read a lone .npy, allocating whatever its header declares)
+            raise InputSpecError(f"cannot read shard {shard}: not a .npz (zip) archive")
+        with np.load(shard, allow_pickle=False) as npz:
+            _check_declared_sizes(npz.zip, shard)
+            return {k: npz[k] for k in npz.files}
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,  # a corrupt compressed member
+        NotImplementedError,  # a compression method zipfile lacks
+        RuntimeError,  # an encrypted member
+        OverflowError,  # a dimension beyond a C long
+        tokenize.TokenError,  # a garbled .npy header (numpy tokenizes it)
+    ) as err:
+        raise InputSpecError(f"cannot read shard {shard}: {err}") from None
+
+
+def _check_declared_sizes(archive: zipfile.ZipFile, shard: Path) -> None:
+    """Each array's header against the bytes the archive holds for it, before numpy allocates
+    what the header declares (a 116 TiB shape in a 1 kB file would otherwise end in a
+    MemoryError, or in the OOM killer)."""
+    for info in archive.infolist():  # all: np.load reads a member without .npy as an array too
+        with archive.open(info) as fh:
+            version = np.lib.format.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+            header = fh.tell()
+        declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+        if declared > info.file_size - header:
+            gib = f"{declared / 2**30:.3g}" if declared < 2**1000 else "over 10^290"
+            raise InputSpecError(
+                f"shard {shard}: array '{info.filename.removesuffix('.npy')}' declares shape "
+                f"{list(shape)} ({gib} GiB) but the file holds "
+                f"{info.file_size - header} bytes for it: a corrupt or forged shard"
+            )
 
 
 def _list_shards(path: Path) -> list[Path]:
@@ -239,12 +285,13 @@ def data_from_factory(spec: DataFactory, recipe: Recipe) -> DataSource:
     """Call ``spec.factory(**spec.kwargs)`` and check what it returns against the recipe."""
     import importlib
 
+    from mmedge.model import user_code
+
     module_name, attr = spec.factory.split(":")
-    try:
+    with user_code(f"cannot load data factory {spec.factory}:", InputSpecError):
         factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as err:
-        raise InputSpecError(f"cannot load data factory {spec.factory}: {err}") from None
-    data = factory(**spec.kwargs)
+    with user_code(f"data factory {spec.factory} failed:", InputSpecError):
+        data = factory(**spec.kwargs)
     if not all(hasattr(data, a) for a in ("batches", "samples", "describe", "limited")):
         raise InputSpecError(
             f"data factory {spec.factory} returned {type(data).__name__}, expected a data source "

@@ -1,21 +1,32 @@
 """The ``mmedge`` command: parse, call the library, render. No logic lives here.
 
-User errors (``MmedgeError``) are caught in one place, ``_handled``, and printed without a
-traceback with their exit code; Ctrl-C exits 130. Anything else is a bug and keeps its traceback.
+Every failure is caught in one place, ``_handled``, and printed without a traceback with its
+exit code (``mmedge.failures`` classifies); Ctrl-C exits 130, SIGTERM 143.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
+import click
 import typer
+from rich.markup import escape
 
 from mmedge import __version__, console
-from mmedge.errors import EXIT_CODES, INTERRUPTED_EXIT_CODE, MmedgeError
+from mmedge.errors import (
+    EXIT_CODES,
+    INTERRUPTED_EXIT_CODE,
+    TERMINATED_EXIT_CODE,
+    Terminated,
+)
 
 if TYPE_CHECKING:
     from mmedge.recipe import Recipe
@@ -74,20 +85,64 @@ class ShapePoint(str, Enum):
 
 
 def _handled(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn user errors and Ctrl-C into a message and an exit code, without a traceback."""
+    """Turn every failure into a message and its documented exit code, without a traceback:
+    user errors and the system's refusals by `mmedge.failures.classify`, a bug with the path of
+    its logged traceback (``MMEDGE_DEBUG=1`` re-raises it instead). SIGTERM is handled as
+    Ctrl-C, so `timeout` and CI leave nothing half-written either."""
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except MmedgeError as exc:
-            console.error(exc)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            console.err.print("[bold red]interrupted:[/] nothing half-written was left behind")
-            raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+        from mmedge.failures import classify, log_internal
+
+        with _sigterm_as_interrupt():
+            try:
+                return fn(*args, **kwargs)
+            except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+                raise
+            except Terminated:
+                console.err.print("[bold red]terminated:[/] nothing half-written was left behind")
+                raise typer.Exit(TERMINATED_EXIT_CODE) from None
+            except KeyboardInterrupt:
+                console.err.print("[bold red]interrupted:[/] nothing half-written was left behind")
+                raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
+            except Exception as exc:
+                found = classify(exc)
+                if found is not None:
+                    console.error(found)
+                    raise typer.Exit(found.exit_code) from None
+                if os.environ.get("MMEDGE_DEBUG"):
+                    raise
+                where = log_internal(exc)
+                console.err.print(
+                    f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "
+                    f"{escape(str(exc)[:500])}",
+                    soft_wrap=True,
+                )
+                console.err.print(
+                    f"this is a bug in mmedge: please report it with the traceback in {where}"
+                    if where
+                    else "this is a bug in mmedge: rerun with MMEDGE_DEBUG=1 for the traceback",
+                    soft_wrap=True,
+                )
+                raise typer.Exit(1) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _version(value: bool) -> None:
@@ -579,3 +634,7 @@ def calib_inspect(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # python -m mmedge.cli (what a subprocess test starts)
+    main()

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from mmedge.calibration import DataSource
+from mmedge.errors import InputSpecError
 from mmedge.recipe import CompareGate
 
 Runner = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
@@ -87,6 +88,15 @@ def top1_agreement(ref_scores: np.ndarray, cand_scores: np.ndarray) -> float:
 
 def accuracy(scores: np.ndarray, labels: np.ndarray) -> float:
     """Top-1 accuracy in percent."""
+    classes = scores.shape[-1]
+    outside = labels[(labels < 0) | (labels >= classes)]
+    if outside.size:
+        # Otherwise no prediction can match them and a gate on accuracy "passes" at 0%.
+        raise InputSpecError(
+            f"eval labels hold {outside.size} value(s) outside the model's {classes} classes "
+            f"[0, {classes}) (e.g. {int(outside[0])})",
+            hint="check eval.label_key and the label encoding, or eval.output (class scores)",
+        )
     return 100.0 * float(np.mean(np.argmax(scores, axis=-1) == labels))
 
 
@@ -155,8 +165,11 @@ def compare_runners(
     data: DataSource,
     batch: int,
     score_output: str | None,
+    labelled: bool = True,
 ) -> CompareReport:
-    """Run both sides on every batch; ``score_output`` (class scores) drives agreement/accuracy."""
+    """Run both sides on every batch; ``score_output`` (class scores) drives agreement/accuracy.
+    ``labelled=False``: the outputs are not class scores (branch embeddings), so the data's
+    labels are not theirs to score."""
     refs: dict[str, list[np.ndarray]] = {}
     cands: dict[str, list[np.ndarray]] = {}
     labels: list[np.ndarray] = []
@@ -165,7 +178,7 @@ def compare_runners(
         for name in ref:
             refs.setdefault(name, []).append(ref[name].reshape(ref[name].shape[0], -1))
             cands.setdefault(name, []).append(cand[name].reshape(cand[name].shape[0], -1))
-        if item.labels is not None:
+        if item.labels is not None and labelled:
             labels.append(item.labels)
     merged = {n: output_metrics(refs[n], cands[n]) for n in refs}
     scores = score_output or next(iter(refs))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,7 +24,32 @@ err = Console(stderr=True, highlight=False)
 
 def print_json(data: Any) -> None:
     # Plain print: Rich would wrap long lines and add markup handling.
-    print(json.dumps(data, indent=2, default=str, allow_nan=True))
+    print(json.dumps(strict_json(data), indent=2, default=str, allow_nan=False))
+
+
+def strict_json(data: Any) -> Any:
+    """JSON has no Infinity or NaN (`json.loads` in other languages rejects them): such values
+    become null, and a top-level ``"non_finite"`` maps each one's path to what it was (e.g. the
+    SQNR of two identical outputs is +inf)."""
+    found: dict[str, str] = {}
+
+    def walk(value: Any, path: str) -> Any:
+        if isinstance(value, float) and not math.isfinite(value):
+            found[path or "."] = "nan" if value != value else ("+inf" if value > 0 else "-inf")
+            return None
+        if isinstance(value, dict):
+            return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [walk(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return value
+
+    clean = walk(data, "")
+    if found and isinstance(clean, dict):
+        clean["non_finite"] = {
+            **found,
+            "why": "JSON has no Infinity/NaN: these values are null here",
+        }
+    return clean
 
 
 def error(exc: MmedgeError) -> None:
@@ -81,6 +107,8 @@ def manifest(data: Mapping[str, Any], directory: str) -> None:
     for key in ("mode", "method", "calibration_samples", "excluded_nodes", "seconds"):
         if build.get(key) is not None:
             table.add_row(f"quantize {key}", _fmt(build[key]))
+    if build.get("method_note"):  # e.g. entropy thresholds that equal the min/max range
+        table.add_row("quantize note", build["method_note"])
     if build.get("kept_fp32_branches"):
         table.add_row("kept in FP32", ", ".join(build["kept_fp32_branches"]))
     if steps.get("calibration"):

@@ -80,12 +80,32 @@ class RuleViolation(MmedgeError):
     exit_code = 12
 
 
-# Ctrl-C: the shell convention (128 + SIGINT).
+class SystemLimit(MmedgeError):
+    """The filesystem or memory refused: no space left, read-only or permission denied, a path
+    under a regular file, a symlink loop, or a declared size beyond the memory budget."""
+
+    exit_code = 13
+
+
+class RunLocked(MmedgeError):
+    """Another live mmedge process holds the run directory."""
+
+    exit_code = 14
+
+
+# Ctrl-C and SIGTERM (what `timeout`, CI and service managers send): the shell convention,
+# 128 + the signal's number.
 INTERRUPTED_EXIT_CODE = 130
+TERMINATED_EXIT_CODE = 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be so the same clean-up runs."""
+
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "internal error (a bug: please report it with the traceback)",
+    1: "internal error (a bug: the message says where its traceback was logged)",
     2: "usage error (unknown option, missing argument)",
     RecipeError.exit_code: "recipe error (malformed YAML, unknown or invalid field)",
     InputSpecError.exit_code: "input or data does not match the recipe's input specs",
@@ -97,7 +117,10 @@ EXIT_CODES: dict[int, str] = {
     ArtifactError.exit_code: "not a finished mmedge artifact directory, or a corrupt one",
     DeviceUnavailable.exit_code: "a requested device is not available on this machine",
     RuleViolation.exit_code: "the graph breaks TensorRT's rules (build refused; --allow-violations)",
+    SystemLimit.exit_code: "no space, no permission, a bad path or a size over the memory budget",
+    RunLocked.exit_code: "another mmedge process is working in the same run directory",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C); nothing half-written is left",
+    TERMINATED_EXIT_CODE: "terminated (SIGTERM); cleaned up as for Ctrl-C",
 }
 
 
@@ -110,8 +133,9 @@ def require(module: str, extra: str) -> None:
 
     try:
         importlib.import_module(module)
-    except ImportError as err:
+    except Exception as err:  # a broken install raises more than ImportError (OSError, ...)
         raise DependencyMissing(
-            f"the '{module}' package is required for this step but cannot be imported ({err})",
-            hint=f'pip install "mmedge[{extra}]"',
+            f"the '{module}' package is required for this step but cannot be imported "
+            f"({type(err).__name__}: {err})",
+            hint=f'pip install "mmedge[{extra}]" (reinstall it if it is installed)',
         ) from None

@@ -29,6 +29,7 @@ from mmedge.inputs import Feeds, Point, dummy_feeds
 from mmedge.logs import write_log
 from mmedge.model import forward_parameters, ordered_args, torch_runner
 from mmedge.recipe import Recipe
+from mmedge.workspace import scratch_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -87,7 +88,6 @@ def _first_line(err: BaseException) -> str:
 
 
 def _run_exporter(model: nn.Module, recipe: Recipe, exporter: str) -> onnx.ModelProto:
-    import tempfile
 
     import torch
 
@@ -115,7 +115,7 @@ def _run_exporter(model: nn.Module, recipe: Recipe, exporter: str) -> onnx.Model
         }
     # Exporters print progress and warnings; the user sees our summary, the log keeps details.
     with (
-        tempfile.TemporaryDirectory(prefix="mmedge-export-") as tmp,
+        scratch_dir("export") as tmp,
         warnings.catch_warnings(),
         contextlib.redirect_stdout(io.StringIO()),
         _quiet_logger("torch.onnx"),

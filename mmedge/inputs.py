@@ -112,6 +112,15 @@ def _check_one(
                 f"{where}: input '{name}' axis '{dim}' is {size}, outside the recipe's "
                 f"range [{rng.min}, {rng.max}]"
             )
+    if spec.range is not None and np.issubdtype(array.dtype, np.integer) and array.size:
+        # For integer inputs the range's upper end is a hard limit (token ids below the
+        # embedding's size); its lower end only shapes dummy inputs (a mask of ones: [1, 2]).
+        top = int(array.max())
+        if top >= spec.range[1]:
+            raise InputSpecError(
+                f"{where}: input '{name}' holds the value {top}, not below the recipe's range "
+                f"end {spec.range[1]:g} (for token ids: the embedding's size)"
+            )
     if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         raise InputSpecError(f"{where}: input '{name}' holds {bad} NaN/Inf values")

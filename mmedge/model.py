@@ -6,14 +6,15 @@ torch is imported lazily so the rest of mmedge works on a runtime-only install.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mmedge.errors import InputSpecError, ModelLoadError, require
+from mmedge.errors import InputSpecError, MmedgeError, ModelLoadError, require
 from mmedge.inputs import Feeds
 from mmedge.recipe import ModelSource, Recipe
 
@@ -34,7 +35,25 @@ def load_torch_model(recipe: Recipe) -> nn.Module:
         model = _from_factory(src)
         model.eval()
     check_signature(model, recipe)
+    if src.path is None:  # (an exported program keeps no module tree to check against)
+        check_branch_prefixes(model, recipe)
     return model
+
+
+def check_branch_prefixes(model: nn.Module, recipe: Recipe) -> None:
+    """Every branch prefix names a module: a typo would otherwise leave a branch empty, and
+    its pruning ratio, precision policy and attribution would silently apply to nothing."""
+    from mmedge.errors import RecipeError
+
+    names = [n for n, _ in model.named_modules() if n]
+    for branch, prefixes in recipe.branches.items():
+        for prefix in prefixes:
+            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+                near = sorted({n.split(".")[0] for n in names})[:12]
+                raise RecipeError(
+                    f"branches.{branch}: prefix {prefix!r} matches no module of the model",
+                    hint=f"top-level modules: {', '.join(near)}",
+                )
 
 
 def _from_factory(src: ModelSource) -> nn.Module:
@@ -42,16 +61,12 @@ def _from_factory(src: ModelSource) -> nn.Module:
 
     assert src.factory is not None
     module_name, attr = src.factory.split(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except ImportError as err:
-        raise ModelLoadError(f"cannot import factory module '{module_name}': {err}") from None
-    except AttributeError:
-        raise ModelLoadError(f"module '{module_name}' has no attribute '{attr}'") from None
-    try:
-        model = factory(**src.kwargs)
-    except Exception as err:  # the user's factory may raise anything; report it, don't crash
-        raise ModelLoadError(f"factory {src.factory} failed: {type(err).__name__}: {err}") from None
+    with user_code(f"cannot import factory module '{module_name}':"):
+        module = importlib.import_module(module_name)
+    if not hasattr(module, attr):
+        raise ModelLoadError(f"module '{module_name}' has no attribute '{attr}'")
+    with user_code(f"factory {src.factory} failed:"):
+        model = getattr(module, attr)(**src.kwargs)
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
             f"factory {src.factory} returned {type(model).__name__}, expected a torch.nn.Module"
@@ -84,7 +99,17 @@ def _load_weights(model: nn.Module, src: ModelSource) -> None:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path} holds {type(state).__name__}, expected a state dict")
-    result = model.load_state_dict(dict(state), strict=False)
+    try:
+        result = model.load_state_dict(dict(state), strict=False)
+    except RuntimeError as err:  # tensors whose shapes do not fit the model's parameters
+        lines = [ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln]
+        raise ModelLoadError(
+            f"weights {path.name} do not fit the model: "
+            + ("; ".join(lines[:3]) or str(err).splitlines()[0])
+            + (f" (and {len(lines) - 3} more)" if len(lines) > 3 else ""),
+            hint="the weights were saved from a different configuration of this model "
+            "(check model.kwargs)",
+        ) from None
     if result.missing_keys or result.unexpected_keys:
         raise ModelLoadError(
             f"weights {path.name} do not match the model: "
@@ -203,8 +228,19 @@ def torch_runner(model: nn.Module, outputs: list[str]) -> Any:
 
     def run(feeds: Mapping[str, np.ndarray]) -> Feeds:
         tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
-        with torch.inference_mode():
-            result = model(*ordered_args(model, tensors))
+        try:
+            with torch.inference_mode():
+                result = model(*ordered_args(model, tensors))
+        except (IndexError, RuntimeError, ValueError) as err:
+            # The user's forward failing on the user's data (an index beyond an embedding, a
+            # shape its reshape does not take): theirs to fix, so a message and code 4.
+            shapes = ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in tensors.items())
+            raise InputSpecError(
+                f"the PyTorch model fails on these inputs ({shapes}): {type(err).__name__}: "
+                f"{str(err).splitlines()[0] if str(err) else ''}",
+                hint="check the data against the model, e.g. token ids below the embedding's "
+                "size (declare it as the input's range: [0, vocab_size])",
+            ) from None
         return name_outputs(result, outputs)
 
     return run
@@ -227,3 +263,25 @@ def name_outputs(result: Any, outputs: list[str]) -> Feeds:
     if len(values) != len(outputs):
         raise InputSpecError(f"model returned {len(values)} outputs, recipe declares {outputs}")
     return {name: v.detach().cpu().numpy() for name, v in zip(outputs, values, strict=True)}
+
+
+@contextlib.contextmanager
+def user_code(
+    what: str, error: type[MmedgeError] = ModelLoadError
+) -> Iterator[None]:  # what: "<what failed>:", the message's start
+    """The user's module and factory may fail in any way, sys.exit() included: each becomes an
+    ``error`` that names where, never a traceback or a silent exit."""
+    try:
+        yield
+    except ModuleNotFoundError as err:
+        raise error(
+            f"{what} {err}",
+            hint="install the package, or run mmedge where the module is importable "
+            "(its folder on PYTHONPATH)",
+        ) from None
+    except SyntaxError as err:
+        raise error(f"{what} syntax error in {err.filename} line {err.lineno}: {err.msg}") from None
+    except SystemExit as err:
+        raise error(f"{what} it called sys.exit({err.code!r})") from None
+    except Exception as err:  # the user's code may raise anything; report it, don't crash
+        raise error(f"{what} {type(err).__name__}: {err}") from None

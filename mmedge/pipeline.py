@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -37,6 +37,7 @@ from mmedge.rundir import (
 )
 from mmedge.targets import Session, SessionConfig, ThroughputSession, get_target
 from mmedge.targets.tensorrt.rules import Finding
+from mmedge.workspace import scratch_dir
 
 Progress = Callable[[str], None]
 
@@ -80,7 +81,7 @@ def build_artifact(
     calib = open_calibration(recipe) if needs_calib else None  # fails fast on bad data
     # Parity after export also runs on one real batch when the recipe has data.
     parity_data = calib or (open_calibration(recipe) if recipe.calibration else None)
-    with staged_output(out) as stage, tempfile.TemporaryDirectory(prefix="mmedge-") as tmp:
+    with staged_output(out) as stage, scratch_dir("build") as tmp:
         source, steps = _fp32_onnx(recipe, Path(tmp), parity_data, progress)
         if calib is not None:
             steps["calibration"] = calib.describe()
@@ -151,16 +152,9 @@ def _fp32_onnx(
 
 
 def _check_onnx_source(path: Path, recipe: Recipe) -> None:
-    import onnx
+    from mmedge.onnxio import read_onnx
 
-    from mmedge.errors import ModelLoadError
-
-    if not path.is_file():
-        raise ModelLoadError(f"model file not found: {path}")
-    try:
-        graph = onnx.load(str(path), load_external_data=False).graph
-    except Exception as err:
-        raise ModelLoadError(f"cannot read {path} as ONNX: {err}") from None
+    graph = read_onnx(path).graph
     names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
     if sorted(names) != sorted(recipe.inputs):
         raise InputSpecError(
@@ -253,8 +247,22 @@ def compare_artifact(
         "reference": str(reference_dir or default_reference),
         "data": data.describe(),
     }
-    atomic_write_json(directory / "compare.json", record)
+    report.warnings += save_beside(directory, "compare.json", record)
     return report
+
+
+def save_beside(directory: Path, name: str, data: dict[str, Any]) -> list[str]:
+    """Save a result next to its artifact; a directory that refuses (read-only, full) costs
+    the saved copy, not the measurement just made: a warning, which the caller prints."""
+    from mmedge.failures import os_error
+
+    try:
+        atomic_write_json(directory / name, data)
+    except OSError as err:
+        found = os_error(err)
+        why = f"{found.message}; {found.hint}" if found else f"{type(err).__name__}: {err}"
+        return [f"{name} was not saved in {directory}: {why}"]
+    return []
 
 
 def _parity_or_none(
@@ -265,7 +273,7 @@ def _parity_or_none(
     keeps no branch boundaries. It explains a comparison; it never fails one."""
     from mmedge.parity import parity_against
 
-    with tempfile.TemporaryDirectory(prefix="mmedge-parity-") as tmp:
+    with scratch_dir("parity") as tmp:
         try:
             source, _ = _fp32_onnx(recipe, Path(tmp), None, _quiet, check=False)
             return parity_against(source, manifest, recipe, artifact, samples)
@@ -378,11 +386,21 @@ def bench_artifact(
         shapes={k: list(v) for k, v in shapes.items()},
         settings=settings,
         branch_ms=branch_ms,
-        warnings=isa_warnings(manifest, device),
+        warnings=isa_warnings(manifest, device) + thread_warnings(cfg.threads),
     )
     name = f"bench-{cfg.mode}-b{cfg.batch}-t{cfg.threads}-{cfg.shape}.json"
-    atomic_write_json(directory / name, result.to_json())
+    result.warnings += save_beside(directory, name, result.to_json())
     return result
+
+
+def thread_warnings(threads: int) -> list[str]:
+    cores = os.cpu_count() or 1
+    if threads <= cores:
+        return []
+    return [
+        f"{threads} threads on {cores} logical CPUs: threads beyond the CPUs only contend "
+        "for them, so this figure is not what the device gives with the right setting"
+    ]
 
 
 def _time_prepared(
@@ -453,8 +471,7 @@ def inspect_recipe(recipe: Recipe) -> dict[str, Any]:
 
 def check_artifact(directory: Path) -> list[Finding]:
     """TensorRT's rules on a bundle's ONNX; also saved as check.json beside it."""
-    import onnx
-
+    from mmedge.onnxio import read_onnx
     from mmedge.targets.tensorrt.rules import check_model, summary
 
     manifest, recipe, artifact = open_artifact(directory)
@@ -463,7 +480,8 @@ def check_artifact(directory: Path) -> list[Finding]:
             f"{directory} is a {manifest['target']} artifact; the rule checker reads TensorRT "
             "bundles (mmedge export --target tensorrt)"
         )
-    found = check_model(onnx.load(str(artifact)), recipe.branches, recipe.quantization.keep_fp32)
+    model = read_onnx(artifact, ArtifactError, external_data=True)
+    found = check_model(model, recipe.branches, recipe.quantization.keep_fp32)
     atomic_write_json(directory / "check.json", summary(found))
     return found
 

@@ -10,7 +10,6 @@ pruning, after pruning and after recovery.
 from __future__ import annotations
 
 import copy
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -38,6 +37,7 @@ from mmedge.recover import Progress as StepProgress
 from mmedge.recover import recover
 from mmedge.rundir import check_output_dir, staged_output, write_manifest
 from mmedge.stats import branch_stats, stats_json
+from mmedge.workspace import scratch_dir
 
 if TYPE_CHECKING:
     from torch import nn
@@ -146,7 +146,7 @@ def prune_artifact(
     feeds = {k: torch.from_numpy(v) for k, v in trace_feeds(recipe).items()}
     report: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
     with (
-        tempfile.TemporaryDirectory(prefix="mmedge-prune-") as tmp_dir,
+        scratch_dir("prune") as tmp_dir,
         staged_output(out) as stage,
     ):
         tmp = Path(tmp_dir)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +24,7 @@ from mmedge.preprocess.spec import PrepSpec
 Dtype = Literal["float32", "float16", "int64", "int32", "bool", "uint8"]
 Modality = Literal["image", "text", "audio", "tabular", "other"]
 PosInt = Annotated[int, Field(ge=1)]
+MAX_THREADS = 1024  # the largest CPU servers have a few hundred logical CPUs
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
@@ -36,7 +39,8 @@ class InputSpec(_Strict):
     shape: list[int | str] = Field(min_length=1)
     dtype: Dtype = "float32"
     modality: Modality
-    # Value range [low, high) used only to make dummy inputs (e.g. token ids below vocab size).
+    # Value range [low, high) of dummy inputs (e.g. token ids below vocab size); for integer
+    # inputs, data at or above `high` is refused (an id beyond the embedding).
     range: tuple[float, float] | None = None
 
     @field_validator("shape")
@@ -48,6 +52,15 @@ class InputSpec(_Strict):
             if isinstance(dim, str) and not _IDENT.match(dim):
                 raise ValueError(f"axis name must be an identifier, got {dim!r}")
         return shape
+
+    @field_validator("range")
+    @classmethod
+    def _range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not (math.isfinite(value[0]) and math.isfinite(value[1])):
+            raise ValueError(f"range must be finite, got {list(value)}")
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"range is [low, high) with low < high, got {list(value)}")
+        return value
 
 
 class AxisRange(_Strict):
@@ -415,7 +428,9 @@ class BenchConfig(_Strict):
     iterations: PosInt = 200
     duration_s: Annotated[float, Field(gt=0)] | None = None  # when set, replaces iterations
     batch: PosInt = 1
-    threads: PosInt = 2
+    # Capped: a runtime asked for 100000 threads makes them (16 GB of stacks, seen); past the
+    # CPUs they only contend, and `bench` warns.
+    threads: Annotated[int, Field(ge=1, le=MAX_THREADS)] = 2
     # Which point of the dynamic axes' (min, opt, max) the inputs take; the batch axis is 'batch'.
     shape: Literal["min", "opt", "max"] = "opt"
     # latency: one request at a time (sync). throughput: several requests in flight (async),
@@ -447,6 +462,7 @@ class Recipe(_Strict):
     @model_validator(mode="after")
     def _consistent(self) -> Recipe:
         _check_axes(self)
+        _check_memory(self)
         _check_branches(self)
         _check_batches(self)
         if self.prune is not None:
@@ -515,6 +531,43 @@ def _check_axes(recipe: Recipe) -> None:
         )
 
 
+def memory_budget() -> int:
+    """Bytes one batch of inputs at the axes' max may take (``MMEDGE_MEMORY_BUDGET_GB``, default
+    4): a fixed default, not this machine's memory, so a recipe validates the same anywhere."""
+    raw = os.environ.get("MMEDGE_MEMORY_BUDGET_GB", "4")
+    try:
+        gb = float(raw)
+    except ValueError:
+        gb = 4.0
+    return int(gb * 2**30) if math.isfinite(gb) and gb > 0 else 4 * 2**30
+
+
+def _check_memory(recipe: Recipe) -> None:
+    # Checked before anything allocates: an axis max of 10^9 would otherwise end in an
+    # allocation failure deep inside a step (or in the OOM killer).
+    sizes = {"int64": 8, "float32": 4, "int32": 4, "float16": 2, "bool": 1, "uint8": 1}
+    total, parts = 0, []
+    for name, spec in recipe.inputs.items():
+        count = 1
+        for dim in spec.shape:
+            count *= dim if isinstance(dim, int) else recipe.axes[dim].max
+        nbytes = count * sizes.get(spec.dtype, 8)
+        total += nbytes
+        parts.append(f"{name} {_gib(nbytes)} GiB")
+    if total > memory_budget():
+        raise ValueError(
+            f"one batch of inputs at the axes' max takes {_gib(total)} GiB "
+            f"({', '.join(parts)}), above the memory budget of "
+            f"{memory_budget() / 2**30:.3g} GiB: lower the axes' max (or raise "
+            "MMEDGE_MEMORY_BUDGET_GB)"
+        )
+
+
+def _gib(nbytes: int) -> str:
+    # Dims and axes have no upper bound: their product can be too large for a float.
+    return f"{nbytes / 2**30:.3g}" if nbytes < 2**1000 else f"about 2^{nbytes.bit_length() - 30}"
+
+
 def _check_batches(recipe: Recipe) -> None:
     # A batch above the batch axis's max is outside what the artifact was built for (a
     # TensorRT profile, an exported program's guards), even where a backend would accept it.
@@ -564,6 +617,9 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         for section in sections:
             block = block.get(section) if isinstance(block, dict) else None
         if isinstance(block, dict) and isinstance(block.get(key), str):
+            if "\x00" in block[key]:
+                field = ".".join((*sections, key))
+                raise RecipeError(f"{field}: {block[key]!r} holds a NUL byte, so it is no path")
             path = Path(block[key]).expanduser()
             block[key] = str(path if path.is_absolute() else (base / path).resolve())
 
@@ -610,12 +666,20 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
     An override whose value is None removes nothing and sets the field to null (e.g.
     ``calibration.synthetic`` when ``--calib`` names a directory instead).
     """
+    from mmedge.yamlfile import YamlLimitError, load_yaml
+
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = load_yaml(path)
     except yaml.YAMLError as err:
         raise RecipeError(f"{path} is not valid YAML:\n{err}") from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(
+            f"{path} is not a text file (byte {err.start} is not UTF-8): a recipe is YAML text"
+        ) from None
+    except YamlLimitError as err:
+        raise RecipeError(f"{path} {err}") from None
     if isinstance(raw, dict):
         _resolve_paths(raw, path.resolve().parent)
         apply_overrides(raw, overrides or {})

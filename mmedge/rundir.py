@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
@@ -73,6 +74,11 @@ def host() -> dict[str, object]:
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
+    if directory.is_file():
+        raise ArtifactError(
+            f"{directory} is a file; an artifact is the directory export or quantize wrote",
+            hint="pass the directory that holds manifest.json",
+        )
     if not directory.is_dir():
         raise ArtifactError(f"artifact directory not found: {directory}")
     path = directory / MANIFEST
@@ -81,13 +87,43 @@ def read_manifest(directory: Path) -> dict[str, Any]:
             f"{directory} is not a finished mmedge artifact (no {MANIFEST})",
             hint="create one with 'mmedge export' or 'mmedge quantize'",
         )
-    try:
-        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ArtifactError(f"{path} is corrupt: {err}") from None
-    if data.get("format") != FORMAT:
-        raise ArtifactError(f"{path} has format {data.get('format')!r}, expected {FORMAT!r}")
+    problem = manifest_problem(path)
+    if problem:
+        raise ArtifactError(f"{path}: {problem}", hint="rebuild the artifact")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return data
+
+
+def manifest_problem(path: Path) -> str | None:
+    """Why ``path`` is not a manifest mmedge wrote (None when it is one)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, bad UTF-8, a 5000-digit int
+        return f"is not JSON ({type(err).__name__}: {str(err)[:200]})"
+    if not isinstance(data, dict):
+        return f"is JSON but not an object (a {type(data).__name__}), expected {FORMAT!r}"
+    if data.get("format") != FORMAT:
+        return f"has format {str(data.get('format'))[:80]!r}, expected {FORMAT!r}"
+    artifact = data.get("artifact")
+    if not isinstance(artifact, dict) or not isinstance(artifact.get("path"), str):
+        return "has no valid artifact.path"
+    files = artifact.get("files")
+    if not isinstance(files, list) or not files or not all(_entry_ok(e) for e in files):
+        return "has no valid artifact.files list (path, bytes, sha256 per file)"
+    if not isinstance(data.get("identity", {}), dict):
+        return "has an identity that is not an object"
+    return None
+
+
+def _entry_ok(entry: Any) -> bool:
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("path"), str)
+        and "/" not in entry["path"]
+        and entry["path"] not in ("", ".", "..")
+        and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("bytes"), int)
+    )
 
 
 def verified_artifact(directory: Path, manifest: dict[str, Any]) -> Path:
@@ -98,25 +134,71 @@ def verified_artifact(directory: Path, manifest: dict[str, Any]) -> Path:
         if not path.is_file():
             raise ArtifactError(f"artifact file {path} listed in the manifest is missing")
         if sha256_file(path) != item["sha256"]:
-            raise ArtifactError(f"artifact file {path} does not match the sha256 in its manifest")
+            raise ArtifactError(
+                f"artifact file {path} does not match the sha256 in its manifest: it was "
+                "changed after the build",
+                hint="an artifact is not edited in place; change the recipe and rebuild it "
+                + (
+                    "(a TensorRT profile comes from the recipe's 'axes': widen them there and "
+                    "re-export)"
+                    if item["path"] == "profile.json"
+                    else "(or restore the file)"
+                ),
+            )
     return directory / str(entry["path"])
 
 
+# What mmedge writes into an artifact directory besides the files its manifest lists (results
+# of compare/bench/check/parity, a TensorRT engine built later on the device, a search record).
+_SIDE_FILES = re.compile(
+    r"^(?:[\w.-]+\.json|recipe\.yaml|policy\.yaml|model\.engine|timing\.cache|parity\.npz)$"
+)
+
+
 def check_output_dir(out: Path, identity: dict[str, str], force: bool) -> None:
-    """Refuse to replace something else; rebuilding the same artifact is allowed."""
+    """Refuse to replace something else; rebuilding the same artifact is allowed, and
+    ``--force`` replaces only a directory mmedge made: its manifest is one mmedge writes and
+    every file in it is one mmedge writes. Anything else is refused, ``--force`` or not."""
+    for parent in out.parents:  # the nearest existing ancestor must be a directory
+        if parent.exists():
+            if not parent.is_dir():
+                raise OutputExistsError(
+                    f"output path {out} is under {parent}, which is a regular file",
+                    hint="choose a path whose parents are directories",
+                )
+            break
     if not out.exists():
         return
     if not out.is_dir():
-        raise OutputExistsError(f"output path {out} exists and is not a directory")
+        raise OutputExistsError(
+            f"output path {out} exists and is not a directory", hint="choose another path"
+        )
     if not any(out.iterdir()):
         return
-    if not (out / MANIFEST).is_file():
-        # Never delete a directory mmedge did not make, --force or not.
-        raise OutputExistsError(
-            f"output directory {out} is not empty and is not an mmedge artifact; "
-            "choose another path"
+    manifest = out / MANIFEST
+    problem = f"has no {MANIFEST}" if not manifest.is_file() else manifest_problem(manifest)
+    if problem is not None and manifest.is_file():
+        problem = f"has a {MANIFEST} that {problem}"
+    if problem is None:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+        listed = {e["path"] for e in data["artifact"]["files"]} | {MANIFEST}
+        foreign = sorted(
+            p.name
+            for p in out.iterdir()
+            if p.name not in listed and not (p.is_file() and _SIDE_FILES.match(p.name))
         )
-    old = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("identity", {})
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (
+                f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
+            )
+            problem = f"holds files mmedge did not write ({shown})"
+    if problem is not None:
+        raise OutputExistsError(
+            f"output directory {out} is not an mmedge artifact: it {problem}; mmedge never "
+            "replaces a directory it did not make, --force or not",
+            hint="choose another output path",
+        )
+    old = data.get("identity", {})
     if old != identity and not force:
         what = ", ".join(f"{k}={old.get(k)!r}" for k in identity if old.get(k) != identity[k])
         raise OutputExistsError(
@@ -128,8 +210,11 @@ def check_output_dir(out: Path, identity: dict[str, str], force: bool) -> None:
 @contextlib.contextmanager
 def staged_output(out: Path) -> Iterator[Path]:
     """Yield a staging directory; on success it replaces ``out``, on any failure it vanishes."""
+    from mmedge.workspace import staging_prefix, sweep_stale
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging-"))
+    sweep_stale(out.parent)  # what a killed build left here
+    stage = Path(tempfile.mkdtemp(dir=out.parent, prefix=staging_prefix(out.name, "staging")))
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes it private; the published dir is not
     try:
         yield stage
@@ -142,7 +227,9 @@ def staged_output(out: Path) -> Iterator[Path]:
 
 def _swap_in(stage: Path, out: Path) -> None:
     if out.exists():
-        trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-"))
+        from mmedge.workspace import staging_prefix
+
+        trash = Path(tempfile.mkdtemp(dir=out.parent, prefix=staging_prefix(out.name, "old")))
         os.replace(out, trash / "old")
         os.replace(stage, out)
         shutil.rmtree(trash, ignore_errors=True)

@@ -7,6 +7,8 @@ import csv
 import hashlib
 import json
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from mmedge.preprocess import Preprocessor
 from mmedge.recipe import load_recipe
 from mmedge.reference import data
 from mmedge.reference.raw import write_raw
-from tests.conftest import REFERENCE, REPO
+from tests.conftest import REFERENCE, REPO, tiny_feeds, write_recipe
 from tests.test_cli import assert_user_error
 
 runner = CliRunner()
@@ -348,3 +350,177 @@ def test_output_that_is_not_a_calibration_set_is_refused(raw: Path, tmp_path: Pa
         run("calib", "build", REFERENCE, "--from", raw, "-o", out), 9, "not an mmedge artifact"
     )
     assert (out / "notes.txt").read_text() == "mine"
+
+
+# -- hostile files: each a per-file problem naming the file, or a clear error; never a traceback
+
+
+def _declare_size(png: Path, width: int, height: int) -> None:
+    """Rewrite a PNG's IHDR to declare another size (CRC fixed, pixels unchanged): a
+    decompression bomb's header in a few hundred bytes, refused before any decoding."""
+    data = bytearray(png.read_bytes())
+    assert data[12:16] == b"IHDR"
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    png.write_bytes(bytes(data))
+
+
+def test_decompression_bomb_images_are_problems_naming_file_and_size(
+    raw_mixed: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    source = _copy(raw_mixed, tmp_path / "raw")
+    bomb, big = source / "image" / "00000.png", source / "image" / "00001.png"
+    _declare_size(bomb, 30000, 30000)  # above twice the limit: Pillow raises
+    _declare_size(big, 10000, 10000)  # between the limit and twice it: Pillow only warns
+    out = tmp_path / "calib"
+    limit = f"above the limit of {Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS"
+    assert_user_error(
+        run("calib", "build", REFERENCE, "--from", source, "-o", out),
+        4,
+        "2 problem(s) among 80 samples; no calibration set was written",
+        f"00000: image: image {bomb} is too large to decode safely: 900000000 pixels, {limit}",
+        f"00001: image: image {big} is too large to decode safely: 100000000 pixels, {limit}",
+    )
+    _assert_nothing_written(out)
+
+
+def _wav_chunks(path: Path) -> tuple[bytes, int]:
+    """A 16-bit mono WAV's bytes and where its samples start (after the 'data' chunk header)."""
+    data = path.read_bytes()
+    return data, data.index(b"data") + 8
+
+
+def test_truncated_and_empty_wavs_are_problems_naming_the_file(
+    raw_mixed: Path, tmp_path: Path
+) -> None:
+    source = _copy(raw_mixed, tmp_path / "raw")
+    audio = source / "audio"
+    truncated, header_only, no_data = audio / "00000.wav", audio / "00001.wav", audio / "00002.wav"
+    frames = sf.info(truncated).frames
+    data, start = _wav_chunks(truncated)
+    truncated.write_bytes(data[: start + 2 * (frames // 2)])  # half the samples, header intact
+    sf.write(header_only, np.zeros(0, np.float32), 8000, subtype="PCM_16")  # 0 frames
+    data, start = _wav_chunks(no_data)
+    fmt_only = data[: start - 8]  # RIFF, WAVE and the format chunk; the data chunk cut off
+    no_data.write_bytes(b"RIFF" + struct.pack("<I", len(fmt_only) - 8) + fmt_only[8:])
+    # libsndfile alone reads the first as a shorter clip and the second as an empty one
+    assert sf.info(truncated).frames == frames // 2 and sf.info(header_only).frames == 0
+    out = tmp_path / "calib"
+    assert_user_error(
+        run("calib", "build", REFERENCE, "--from", source, "-o", out),
+        4,
+        "3 problem(s) among 80 samples; no calibration set was written",
+        f"00000: audio: {truncated} is truncated: header declares {frames} frames, "
+        f"file holds {frames // 2}",
+        f"00001: audio: {header_only} holds no audio samples (its header declares 0 frames)",
+        f"00002: audio: {no_data} holds no audio samples: its header has no 'data' chunk",
+    )
+    _assert_nothing_written(out)
+
+
+def test_symlink_loops_in_a_folder_are_problems_naming_the_path(
+    raw_mixed: Path, tmp_path: Path
+) -> None:
+    source = _copy(raw_mixed, tmp_path / "raw")
+    image = source / "image"
+    (image / "00000.png").unlink()
+    (image / "00000.png").symlink_to("00100.png")  # 00000 -> 00100 -> 00000
+    (image / "00100.png").symlink_to("00000.png")
+    (image / "up").symlink_to("..", target_is_directory=True)  # a folder linking to its parent
+    (image / "00101.png").symlink_to("nowhere.png")  # dangling: was skipped without a word
+    out = tmp_path / "calib"
+    assert_user_error(
+        run("calib", "build", REFERENCE, "--from", source, "-o", out),
+        4,
+        "5 problem(s)",
+        f"{image / '00000.png'}: a symlink loop",
+        f"{image / '00100.png'}: a symlink loop",
+        f"{image / 'up'}: a symlink loop (it links to {source.resolve()}, a folder that holds it)",
+        f"{image / '00101.png'}: a broken symlink (its target 'nowhere.png' does not exist)",
+        "00000: no image (the model needs it",  # its one image is the loop
+        "--skip-bad",
+    )
+    _assert_nothing_written(out)
+    skipped = run("calib", "build", REFERENCE, "--from", source, "-o", out, "--skip-bad", "--json")
+    assert skipped.exit_code == 0, skipped.stderr
+    manifest = json.loads(skipped.stdout)
+    assert manifest["calibration"]["samples"] == 79
+    assert manifest["source"]["skipped_count"] == 5
+
+
+@pytest.mark.parametrize("where", ["source", "field", "labels"])
+def test_unfollowable_source_folder_or_labels_is_an_error(
+    raw_mixed: Path, tmp_path: Path, where: str
+) -> None:
+    source = tmp_path / "raw"
+    if where == "source":
+        source.symlink_to(source.name)  # links to itself
+        looped, expected = source, f"calibration source {source} is a symlink loop"
+    else:
+        for field in ("image", "text", "audio"):
+            shutil.copytree(raw_mixed / field, source / field)
+        looped = source / ("audio" if where == "field" else "labels.csv")
+        if where == "field":
+            shutil.rmtree(looped)  # is_dir() said False: the field was taken as absent
+        looped.symlink_to(looped.name)
+        expected = (
+            "'audio/' is a symlink loop (following it never reaches a file or folder); "
+            "expected the folder of audio files"
+            if where == "field"
+            else f"{looped} is a symlink loop (following it never reaches a file or folder)"
+        )
+    out = tmp_path / "calib"
+    assert_user_error(run("calib", "build", REFERENCE, "--from", source, "-o", out), 4, expected)
+    _assert_nothing_written(out)
+
+
+def test_empty_and_garbage_files_of_every_kind_name_the_file(
+    raw_mixed: Path, tmp_path: Path
+) -> None:
+    source = _copy(raw_mixed, tmp_path / "raw")
+    empty_png, garbage_wav = source / "image" / "00000.png", source / "audio" / "00001.wav"
+    empty_wav, bad_text = source / "audio" / "00002.wav", source / "text" / "00003.txt"
+    empty_png.write_bytes(b"")
+    garbage_wav.write_bytes(b"RIFF\x10\x00\x00\x00WAVEgarbage!")
+    empty_wav.write_bytes(b"")
+    bad_text.write_bytes(b"\xff\xfe not UTF-8")
+    out = tmp_path / "calib"
+    assert_user_error(
+        run("calib", "build", REFERENCE, "--from", source, "-o", out),
+        4,
+        "4 problem(s) among 80 samples",
+        f"00000: image: cannot read image: cannot identify image file '{empty_png}'",
+        f"00001: audio: cannot read audio: Error opening '{garbage_wav}'",
+        f"00002: audio: cannot read audio: Error opening '{empty_wav}'",
+        f"00003: text: cannot read text: {bad_text}: 'utf-8' codec can't decode",
+    )
+    _assert_nothing_written(out)
+
+
+def test_empty_and_truncated_npy_arrays_name_the_file(tmp_path: Path) -> None:
+    """Array fields (not in the reference recipe): a zero-byte .npy raised numpy's EOFError."""
+    preprocess = {
+        name: {"kind": "array", "input": name}
+        for name in ("image", "input_ids", "attention_mask", "audio")
+    }
+    recipe = write_recipe(tmp_path / "recipe", {"preprocess": preprocess})
+    source = tmp_path / "raw"
+    feeds = tiny_feeds(3, 8, 16)
+    for name, batch in feeds.items():
+        (source / name).mkdir(parents=True)
+        for k, array in enumerate(batch):
+            np.save(source / name / f"{k}.npy", array)
+    empty, cut = source / "image" / "0.npy", source / "audio" / "1.npy"
+    empty.write_bytes(b"")
+    cut.write_bytes(cut.read_bytes()[:-64])  # the header intact, the data short
+    out = tmp_path / "calib"
+    assert_user_error(
+        run("calib", "build", recipe, "--from", source, "-o", out),
+        4,
+        "2 problem(s) among 3 samples",
+        f"0: image: cannot read array: {empty}: No data left in file",
+        f"1: audio: cannot read array: {cut}: ",
+    )
+    _assert_nothing_written(out)

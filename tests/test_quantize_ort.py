@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,14 +14,14 @@ from onnx import numpy_helper
 from mmedge.branches import nodes_by_branch
 from mmedge.calibration import open_calibration
 from mmedge.compare import output_metrics
-from mmedge.errors import InputSpecError
+from mmedge.errors import InputSpecError, RecipeError
 from mmedge.export import export_onnx
 from mmedge.model import load_torch_model, torch_runner
 from mmedge.quantize.ort import quantize_onnx
 from mmedge.quantize.ort_calibration import per_shape_supported
 from mmedge.recipe import Recipe, load_recipe
 from mmedge.targets.onnxruntime import OrtSession
-from tests.conftest import tiny_feeds, write_recipe
+from tests.conftest import tiny_feeds, write_recipe, write_shards
 
 WEIGHTED = {"Conv", "MatMul", "Gemm", "Gather"}
 
@@ -138,10 +139,22 @@ def test_unknown_exclude_node(tmp_path: Path) -> None:
 
 def test_keep_fp32_branch_matching_no_node(tmp_path: Path) -> None:
     changes = {"branches.extra": ["no_such_module"], "quantization.keep_fp32": ["extra"]}
+    # Caught when the PyTorch model loads (every prefix must name a module) ...
+    with pytest.raises(RecipeError, match=r"branches.extra: prefix 'no_such_module' matches no"):
+        _quantize(tmp_path, changes)
+    # ... and, for a model given as ONNX, when its nodes are assigned to branches.
+    recipe = load_recipe(write_recipe(tmp_path))
+    export_onnx(load_torch_model(recipe), recipe, tmp_path / "model.onnx")
+    onnx_recipe = load_recipe(
+        write_recipe(tmp_path, {**changes, "model.factory": None, "model.path": "model.onnx"})
+    )
     with pytest.raises(
         InputSpecError, match=r"keep_fp32 names branch 'extra', but no ONNX node belongs to it"
     ):
-        _quantize(tmp_path, changes)
+        quantize_onnx(
+            tmp_path / "model.onnx", tmp_path / "int8.onnx", onnx_recipe,
+            open_calibration(onnx_recipe),
+        )  # fmt: skip
 
 
 @pytest.mark.parametrize("method", ["minmax", "entropy", "percentile"])
@@ -159,3 +172,60 @@ def test_every_method_calibrates_across_shapes(tmp_path: Path, method: str) -> N
     feeds = tiny_feeds(8, 12, 24, seed=9)
     got = OrtSession(tmp_path / "int8.onnx", 1).run(feeds)["logits"]
     assert output_metrics(reference(feeds)["logits"], got).cosine > 0.99
+
+
+def test_entropy_differs_from_minmax_on_one_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One shape only, where onnxruntime < 1.27 can run Entropy at all: its quantize_static
+    # left the calibrator at 128 bins, a byte-identical MinMax model under `method: entropy`.
+    # 20 samples in batches of 8 end in a short batch (the histogram collectors cannot stack
+    # it with the others); the single pass of onnxruntime < 1.27 needs equal batches (of 10).
+    # Conv only keeps the KL search short. MinMax ranges do not depend on the batching.
+    write_shards(tmp_path / "calib", [(20, 8, 16)])
+    changes: dict[str, object] = {"quantization.op_types": ["Conv"]}
+    recipes = {
+        name: load_recipe(
+            write_recipe(tmp_path, {**changes, "quantization.method": method, **more})
+        )
+        for name, method, more in (
+            ("minmax", "minmax", {}),
+            ("entropy", "entropy", {}),
+            ("entropy-batch-10", "entropy", {"calibration.batch": 10}),
+        )
+    }
+    fp32 = tmp_path / "fp32.onnx"
+    export_onnx(load_torch_model(recipes["minmax"]), recipes["minmax"], fp32)
+
+    def build(variant: str, name: str) -> tuple[dict[str, Any], bytes]:
+        recipe = recipes[variant]
+        details = quantize_onnx(fp32, tmp_path / name, recipe, open_calibration(recipe))
+        assert details["method"] == recipe.quantization.method
+        assert details["calibration_samples"] == 20
+        return details, (tmp_path / name).read_bytes()
+
+    _, minmax = build("minmax", "minmax.onnx")
+    paths = ["cache"] if per_shape_supported() else []
+    for path in [*paths, "single pass"]:  # "single pass": onnxruntime < 1.27's path
+        with monkeypatch.context() as patch:
+            variant = "entropy"
+            if path == "single pass":
+                patch.setattr("mmedge.quantize.ort.per_shape_supported", lambda: False)
+                variant = "entropy-batch-10"
+            details, entropy = build(variant, f"entropy-{path}.onnx")
+        assert entropy != minmax, f"{path}: the entropy model is byte-identical to minmax"
+        ranges = details["calibration_ranges"]
+        assert ranges["tensors"] > 0 and 0 < ranges["narrowed"] <= ranges["tensors"], path
+        assert "method_note" not in details, path
+    # Where Entropy does pick every tensor's full range (here: forced by ONNX Runtime's 128
+    # bins), the artifact is the MinMax one and the manifest says so instead of just "entropy".
+    monkeypatch.setattr(
+        "mmedge.quantize.ort._calib_options",
+        lambda cfg: {"num_bins": 128, "num_quantized_bins": 128},
+    )
+    details, entropy = build("entropy-batch-10", "entropy-128-bins.onnx")  # on either path
+    assert entropy == minmax
+    assert details["calibration_ranges"]["narrowed"] == 0
+    assert "equal the min/max range" in details["method_note"]
+    assert "--method minmax" in details["method_note"]
+    assert details["method_note"] in Path(details["quantizer_log"]).read_text()

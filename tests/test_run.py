@@ -4,7 +4,9 @@ resume after an interruption, failures and missing targets, per-branch parity, a
 from __future__ import annotations
 
 import json
+import math
 import re
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +80,21 @@ def test_a_whole_run(done: tuple[Path, Path, dict[str, Any]]) -> None:
         "openvino-fp32", "openvino-int8",
     }  # fmt: skip
     assert all(len(r) == 2 for r in rounds["p50_ms_per_round"].values())
-    assert rounds["speedup"]["onnxruntime-fp32-unpruned"] == 1.0
+    # Speed-ups: the report names the baseline latency.json measured against, and each other
+    # variant's speed-up is the median over rounds of baseline p50 / its p50 in the same round
+    # (interleaved_latency), finite and positive; the report carries those same numbers.
+    assert rounds["baseline"] == report["baseline"]
+    per_round = rounds["p50_ms_per_round"]
+    base = per_round[report["baseline"]]
+    assert all(math.isfinite(ms) and ms > 0 for values in per_round.values() for ms in values)
+    for name, values in per_round.items():
+        if name == report["baseline"]:
+            continue
+        ratios = [b / v for b, v in zip(base, values, strict=True)]
+        assert rounds["speedup"][name] == pytest.approx(statistics.median(ratios)), name
+        assert math.isfinite(rounds["speedup"][name]) and rounds["speedup"][name] > 0, name
+    for v in report["variants"]:
+        assert v["speedup"] == rounds["speedup"].get(v["name"]), v["name"]
     for name in ("report.json", "report.md", "report.html"):
         assert (out / name).is_file()
     html = (out / "report.html").read_text()

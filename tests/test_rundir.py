@@ -68,7 +68,7 @@ def test_output_dir_refusals(tmp_path: Path) -> None:
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("x")
-    with pytest.raises(OutputExistsError, match="not empty and is not an mmedge artifact"):
+    with pytest.raises(OutputExistsError, match="is not an mmedge artifact: it has no manifest"):
         check_output_dir(tmp_path / "mine", IDENTITY, force=True)
 
     _publish(tmp_path / "art")
@@ -88,8 +88,13 @@ def test_read_manifest_errors(tmp_path: Path) -> None:
     with pytest.raises(ArtifactError, match="not a finished mmedge artifact"):
         read_manifest(tmp_path / "d")
     (tmp_path / "d" / MANIFEST).write_text("{not json")
-    with pytest.raises(ArtifactError, match="is corrupt"):
+    with pytest.raises(ArtifactError, match="is not JSON"):
         read_manifest(tmp_path / "d")
+    (tmp_path / "d" / MANIFEST).write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="is JSON but not an object"):
+        read_manifest(tmp_path / "d")
+    with pytest.raises(ArtifactError, match="is a file"):
+        read_manifest(tmp_path / "d" / MANIFEST)
     (tmp_path / "d" / MANIFEST).write_text(json.dumps({"format": "other/9"}))
     with pytest.raises(ArtifactError, match="has format 'other/9'"):
         read_manifest(tmp_path / "d")
@@ -137,3 +142,46 @@ def test_published_files_have_ordinary_permissions(tmp_path: Path) -> None:
     os.umask(mask)
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o777 & ~mask
     assert (tmp_path / "out" / MANIFEST).stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_force_replaces_only_what_mmedge_made(tmp_path: Path) -> None:
+    """Someone's directory that happens to hold a manifest.json is never deleted; nor is an
+    mmedge artifact that someone added files to."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / MANIFEST).write_text(json.dumps({"name": "my dataset", "identity": {}}))
+    (theirs / "data.csv").write_text("precious")
+    for manifest in ({"name": "x"}, [], {"format": "mmedge-artifact/1"}, "text"):
+        (theirs / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(OutputExistsError, match="not an mmedge artifact"):
+            check_output_dir(theirs, IDENTITY, force=True)
+    assert (theirs / "data.csv").read_text() == "precious"
+
+    _publish(tmp_path / "art")
+    (tmp_path / "art" / "notes.txt").write_text("mine")
+    other = {**IDENTITY, "precision": "fp32"}
+    with pytest.raises(OutputExistsError, match=r"files mmedge did not write \(notes.txt\)"):
+        check_output_dir(tmp_path / "art", other, force=True)
+    (tmp_path / "art" / "notes.txt").unlink()
+    (tmp_path / "art" / "compare.json").write_text("{}")  # a result mmedge writes beside it
+    check_output_dir(tmp_path / "art", other, force=True)
+
+
+def test_stale_staging_and_scratch_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    from mmedge.workspace import staging_prefix, sweep_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    pid = int(dead.stdout)
+    stale = tmp_path / f".out.staging-{pid}-abc"
+    scratch = Path(tempfile.gettempdir()) / f"mmedge-export-{pid}-xyz"
+    live = tmp_path / f"{staging_prefix('out', 'staging')}def"  # this process: kept
+    for d in (stale, scratch, live):
+        d.mkdir()
+    removed = sweep_stale(tmp_path)
+    assert stale in removed and scratch in removed
+    assert not stale.exists() and not scratch.exists() and live.exists()

@@ -8,14 +8,12 @@ and how the set covers the recipe's dynamic axes.
 from __future__ import annotations
 
 import json
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mmedge.calib.checks import check
 from mmedge.calib.stats import SetStats
+from mmedge.calibration import read_npz
 from mmedge.errors import InputSpecError
 from mmedge.recipe import Recipe
 
@@ -32,15 +30,19 @@ def inspect_set(
     problems: list[str] = []
     for shard in shards:
         try:
-            with np.load(shard, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
-            problems.append(f"{shard.name}: cannot read ({err})")
+            arrays = read_npz(shard)
+        except InputSpecError as err:
+            problems.append(f"{shard.name}: {err.message}")
             continue
         labels = arrays.pop(label_key, None)
         counts = {a.shape[0] if a.ndim else 0 for a in arrays.values()}
         if len(counts) != 1 or 0 in counts:
             problems.append(f"{shard.name}: arrays disagree on the sample count or are empty")
+            continue
+        odd = {k: str(a.dtype) for k, a in arrays.items() if a.dtype.kind not in "biuf"}
+        if odd or (labels is not None and labels.ndim != 1):
+            what = f"arrays that are not numbers {odd}" if odd else "labels that are not 1-D"
+            problems.append(f"{shard.name}: holds {what}")
             continue
         stats.add(arrays, labels)
     if not stats.samples:

@@ -9,6 +9,7 @@ the text itself), optional ``id`` and ``label`` columns.
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -55,7 +56,12 @@ class Source:
 
 def read_source(path: Path, specs: Mapping[str, PrepSpec]) -> Source:
     if not path.exists():
-        raise InputSpecError(f"calibration source not found: {path}")
+        broken = _unfollowable(path)  # exists() says False for a symlink loop too
+        raise InputSpecError(
+            f"calibration source {path} is {broken}"
+            if broken
+            else f"calibration source not found: {path}"
+        )
     if path.is_dir():
         source = _folder(path, specs)
     elif path.suffix.lower() in (".csv", ".jsonl"):
@@ -84,6 +90,13 @@ def _folder(root: Path, specs: Mapping[str, PrepSpec]) -> Source:
     problems: list[str] = []
     for position, (field, spec) in enumerate(specs.items()):
         folder = root / field
+        broken = _unfollowable(folder)
+        if broken:  # is_dir() says False: it would pass for an absent field, zero-filled
+            raise InputSpecError(
+                f"calibration source {root}: '{field}/' is {broken}; expected the folder of "
+                f"{field} files",
+                hint=_layout_hint(specs),
+            )
         if not folder.is_dir():
             if spec.missing == "zeros":
                 continue
@@ -92,12 +105,10 @@ def _folder(root: Path, specs: Mapping[str, PrepSpec]) -> Source:
                 f"{field} (preprocess.{field}.missing: error)",
                 hint=_layout_hint(specs),
             )
-        with os.scandir(folder) as entries:
-            found = sorted((e.name, e.path) for e in entries if e.is_file())
+        found, unusable = _list_files(folder)
+        problems += unusable
         for name, path in found:
             stem, ext = os.path.splitext(name)
-            if name.startswith("."):
-                continue
             if ext.lower() not in EXTENSIONS[spec.kind]:
                 expected = ", ".join(sorted(EXTENSIONS[spec.kind]))
                 problems.append(f"{path}: not a {spec.kind} file (expected {expected})")
@@ -107,11 +118,74 @@ def _folder(root: Path, specs: Mapping[str, PrepSpec]) -> Source:
                 problems.append(f"{path}: a second {field} file for sample '{stem}'")
                 continue
             slots[position] = path
-    labels = _labels_csv(root / "labels.csv") if (root / "labels.csv").is_file() else {}
+    labels_csv = root / "labels.csv"
+    broken = _unfollowable(labels_csv)
+    if broken:  # is_file() says False: the set would be built without its labels
+        raise InputSpecError(f"{labels_csv} is {broken}; expected a CSV with columns id,label")
+    labels = _labels_csv(labels_csv) if labels_csv.is_file() else {}
     samples = [
         SampleRef(stem, tuple(slots), labels.get(stem)) for stem, slots in sorted(files.items())
     ]
     return Source("folder", root, tuple(names), frozenset(), samples, problems)
+
+
+def _list_files(folder: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """``(name, path)`` of the files in ``folder`` by name (hidden ones left out), and a problem
+    for each entry that cannot be followed.
+
+    Symlinks are followed (a folder may link to data kept elsewhere), and that is where listing
+    fails: ``DirEntry.is_file()`` raises on a symlink loop (ELOOP) and quietly says False for a
+    dangling link, a crash or a sample dropped without a word. Both are reported by path
+    instead, and so is a link to this folder or one above it (a loop, were it walked).
+    Sub-folders are otherwise ignored, as ever: the listing does not recurse.
+    """
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError as err:
+        raise InputSpecError(f"cannot list {folder}: {err.strerror or err}") from None
+    files: list[tuple[str, str]] = []
+    problems: list[str] = []
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        try:
+            if entry.is_symlink():
+                problem = _unfollowable(entry.path) or _links_above(entry, folder)
+                if problem:
+                    problems.append(f"{entry.path}: {problem}")
+                    continue
+            if entry.is_file():
+                files.append((entry.name, entry.path))
+        except OSError as err:  # a target that cannot be stat'ed (permissions)
+            problems.append(f"{entry.path}: cannot read it ({err.strerror or err})")
+    return files, problems
+
+
+def _unfollowable(path: str | Path) -> str | None:
+    """Why the symlink ``path`` cannot be followed (a loop, a missing target), or None when it
+    can or is no symlink. ``exists()``/``is_dir()``/``is_file()`` just say False for both."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symlink loop (following it never reaches a file or folder)"
+        if err.errno == errno.ENOENT:
+            return f"a broken symlink (its target {os.readlink(path)!r} does not exist)"
+        return f"a symlink that cannot be followed ({err.strerror or err})"
+    return None
+
+
+def _links_above(entry: os.DirEntry[str], folder: Path) -> str | None:
+    """A symlink to ``folder`` itself or a folder above it: a loop for anything that walks it."""
+    if not entry.is_dir():
+        return None
+    target = os.path.realpath(entry.path)
+    if Path(os.path.realpath(folder)).is_relative_to(target):
+        return f"a symlink loop (it links to {target}, a folder that holds it)"
+    return None
 
 
 def _labels_csv(path: Path) -> dict[str, str]:

@@ -6,8 +6,12 @@ from pathlib import Path
 
 import numpy as np
 
-from mmedge.preprocess.errors import SampleError
+from mmedge.preprocess.errors import SampleError, naming
 from mmedge.preprocess.spec import ArrayPrep
+
+# np.load's failures on a bad file: EOFError is an empty (zero-byte) one, which is neither an
+# OSError nor a ValueError
+_READ_ERRORS = (OSError, ValueError, EOFError)
 
 
 class ArrayField:
@@ -27,14 +31,14 @@ class ArrayField:
         """The array's shape from its header only (memory-mapped), for grouping by shape."""
         try:
             return tuple(np.load(value, mmap_mode="r", allow_pickle=False).shape)
-        except (OSError, ValueError) as err:
-            raise SampleError(f"cannot read array: {err}") from None
+        except _READ_ERRORS as err:
+            raise SampleError(f"cannot read array: {naming(value, err)}") from None
 
     def process(self, value: Path | str, bucket: int | None) -> dict[str, np.ndarray]:
         try:
             array = np.load(value, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise SampleError(f"cannot read array: {err}") from None
+        except _READ_ERRORS as err:
+            raise SampleError(f"cannot read array: {naming(value, err)}") from None
         if array.ndim != len(self.shape) or any(
             isinstance(d, int) and d != s for d, s in zip(self.shape, array.shape, strict=False)
         ):

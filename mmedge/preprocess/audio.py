@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import struct
 from collections.abc import Sequence
 from math import gcd
 from pathlib import Path
@@ -10,7 +12,7 @@ import numpy as np
 
 from mmedge.errors import require
 from mmedge.preprocess.buckets import nearest
-from mmedge.preprocess.errors import SampleError
+from mmedge.preprocess.errors import SampleError, naming
 from mmedge.preprocess.spec import AudioPrep, LogMel
 
 
@@ -52,6 +54,60 @@ def log_mel(wave: np.ndarray, cfg: LogMel, bank: np.ndarray) -> np.ndarray:
     return out
 
 
+_UNKNOWN_SIZE = 0xFFFFFFFF  # a data chunk written by a stream that could not seek back
+
+
+def _check_wav_header(path: Path | str) -> None:
+    """Raise SampleError when a RIFF WAVE file holds less audio than its header declares.
+
+    libsndfile sizes a WAV by the bytes present, not by its header: a truncated copy reads as a
+    shorter clip and passes, silently. So compare the data chunk's declared size with what the
+    file holds. A format chunk without a data chunk after it is an empty file (libsndfile's own
+    message says only "No 'data' chunk marker"). Anything that is not a plain RIFF/RIFX WAVE
+    (FLAC, OGG, RF64, garbage) is left to libsndfile, which reports what it cannot read.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:] != b"WAVE":
+                return
+            order = "<" if head[:4] == b"RIFF" else ">"
+            size = os.fstat(f.fileno()).st_size
+            align = 0  # bytes per frame (all channels), from the format chunk
+            position = 12
+            while position + 8 <= size:
+                f.seek(position)
+                chunk, length = struct.unpack(order + "4sI", f.read(8))
+                if chunk == b"fmt ":
+                    fmt = f.read(16)
+                    if len(fmt) >= 14:
+                        (align,) = struct.unpack(order + "H", fmt[12:14])
+                elif chunk == b"data":
+                    held = size - position - 8
+                    if align and length != _UNKNOWN_SIZE and length > held:
+                        raise SampleError(
+                            f"{path} is truncated: header declares {length // align} frames, "
+                            f"file holds {held // align}"
+                        )
+                    return
+                position += 8 + length + (length & 1)  # chunks are padded to even sizes
+    except (OSError, struct.error):
+        return  # unreadable: libsndfile says why, naming the file
+    if align:
+        raise SampleError(f"{path} holds no audio samples: its header has no 'data' chunk")
+
+
+def _first_frame(path: Path | str) -> bool:
+    """Whether the file yields at least one frame when read."""
+    import soundfile as sf
+
+    try:
+        with sf.SoundFile(str(path)) as f:
+            return len(f.read(1)) > 0
+    except (sf.LibsndfileError, RuntimeError, OSError):
+        return False
+
+
 class AudioField:
     def __init__(self, spec: AudioPrep, buckets: Sequence[int]) -> None:
         require("soundfile", "calib")
@@ -67,10 +123,15 @@ class AudioField:
         """(sample rate, frames) from the header; a rate the recipe cannot take is an error."""
         import soundfile as sf
 
+        _check_wav_header(path)
         try:
             info = sf.info(str(path))
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
-            raise SampleError(f"cannot read audio: {err}") from None
+            raise SampleError(f"cannot read audio: {naming(path, err)}") from None
+        if info.frames <= 0 and not _first_frame(path):
+            # A header-only file would become a clip of zero padding. (0 frames can also mean
+            # "length unknown", as in a FLAC stream, hence the one-frame read to tell.)
+            raise SampleError(f"{path} holds no audio samples (its header declares 0 frames)")
         if info.samplerate != self.spec.sample_rate and not self.spec.resample:
             raise SampleError(
                 f"sample rate {info.samplerate} Hz, expected {self.spec.sample_rate} Hz "
@@ -99,11 +160,15 @@ class AudioField:
     def process(self, value: Path | str, bucket: int | None) -> dict[str, np.ndarray]:
         import soundfile as sf
 
-        rate, _ = self._info(value)
+        rate, frames = self._info(value)
         try:
             data, _ = sf.read(str(value), dtype="float32", always_2d=True)
         except (sf.LibsndfileError, RuntimeError, OSError) as err:
-            raise SampleError(f"cannot read audio: {err}") from None
+            raise SampleError(f"cannot read audio: {naming(value, err)}") from None
+        if len(data) < frames:  # FLAC/OGG declare a length too; fewer samples: a cut file
+            raise SampleError(
+                f"{value} is truncated: header declares {frames} frames, file holds {len(data)}"
+            )
         wave = data.mean(axis=1)  # mono: the channels' mean
         if rate != self.spec.sample_rate:
             from scipy.signal import resample_poly

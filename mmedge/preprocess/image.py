@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mmedge.errors import require
-from mmedge.preprocess.errors import SampleError
+from mmedge.preprocess.errors import SampleError, naming
 from mmedge.preprocess.spec import ImagePrep
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+# Pillow's errors for files it cannot read (a file that is not an image, a truncated one)
+_READ_ERRORS = (OSError, SyntaxError, ValueError)  # UnidentifiedImageError is an OSError
+
+
+def _open(path: Path | str) -> Image:
+    """``Image.open`` (the header only), with every failure a SampleError naming the file.
+
+    Pillow guards against decompression bombs from the header's size: above
+    ``PIL.Image.MAX_IMAGE_PIXELS`` it only warns (``DecompressionBombWarning``, which would let
+    a 10000x10000 file be decoded: over a gigabyte as float32 RGB), above twice that it raises
+    ``DecompressionBombError``, an Exception that is not an OSError. Both become this file's
+    error, so the limit is ``MAX_IMAGE_PIXELS`` itself.
+    """
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow's message is the only place the pixel count is given ("Image size (N pixels)
+        # exceeds limit of ..."): take it from there, or keep Pillow's words if that changes.
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{found[1]} pixels" if found else str(err)
+        raise SampleError(
+            f"image {path} is too large to decode safely: {size}, above the limit of "
+            f"{Image.MAX_IMAGE_PIXELS} pixels (PIL.Image.MAX_IMAGE_PIXELS, Pillow's "
+            "decompression-bomb guard)"
+        ) from None
+    except _READ_ERRORS as err:
+        raise SampleError(f"cannot read image: {naming(path, err)}") from None
 
 
 class ImageField:
@@ -33,27 +71,19 @@ class ImageField:
 
     def length(self, value: Path | str) -> int | None:
         """None: a resized image always has `size`. Reads the header, so a file that is not
-        an image is found while scanning; a truncated one only when decoded."""
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(value):
-                pass
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-            raise SampleError(f"cannot read image: {err}") from None
+        an image is found while scanning, and so is one too large to decode; a truncated one
+        only when decoded."""
+        with _open(value):
+            pass
         return None
 
     def process(self, value: Path | str, bucket: int | None) -> dict[str, np.ndarray]:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(value) as img:
+        with _open(value) as img:
+            try:
                 img.load()  # decode now: truncated files fail here, not later
                 pixels = self._resize(img.convert("L" if self.spec.mode == "L" else "RGB"))
-        except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-            raise SampleError(f"cannot read image: {err}") from None
-        except Image.DecompressionBombError as err:
-            raise SampleError(f"image too large: {err}") from None
+            except _READ_ERRORS as err:
+                raise SampleError(f"cannot read image: {naming(value, err)}") from None
         array = np.asarray(pixels, np.float32) * np.float32(self.spec.scale)
         if array.ndim == 2:
             array = array[:, :, None]

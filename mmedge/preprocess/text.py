@@ -10,7 +10,7 @@ import numpy as np
 
 from mmedge.errors import InputSpecError, require
 from mmedge.preprocess.buckets import smallest_holding
-from mmedge.preprocess.errors import SampleError
+from mmedge.preprocess.errors import SampleError, naming
 from mmedge.preprocess.spec import TextPrep
 
 
@@ -59,7 +59,7 @@ class TextField:
             try:
                 value = value.read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as err:
-                raise SampleError(f"cannot read text: {err}") from None
+                raise SampleError(f"cannot read text: {naming(value, err)}") from None
         encoding = self.tokenizer.encode(
             value.strip(), add_special_tokens=self.spec.add_special_tokens
         )

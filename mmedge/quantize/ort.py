@@ -8,8 +8,8 @@ exclusion list through the branch scopes kept in ONNX node names.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -31,8 +31,16 @@ from mmedge.calibration import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.logs import captured_output, write_log
 from mmedge.quantize.isa import ort_types
-from mmedge.quantize.ort_calibration import FeedReader, calibrate_to_cache, per_shape_supported
+from mmedge.quantize.ort_calibration import (
+    CalibratorCapture,
+    FeedReader,
+    calibrate_to_cache,
+    calibrator_options,
+    per_shape_supported,
+    range_summary,
+)
 from mmedge.recipe import QuantizationConfig, Recipe
+from mmedge.workspace import scratch_dir
 
 _METHODS = {
     "minmax": CalibrationMethod.MinMax,
@@ -104,7 +112,7 @@ def quantize_onnx(
     """Write the INT8 model to ``out``; return what the manifest records about the step."""
     cfg = recipe.quantization
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="mmedge-quant-") as tmp:
+    with scratch_dir("quant") as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         details: dict[str, Any] = {"preprocess": preprocess(fp32, pre)}
         exclude = excluded_nodes(onnx.load(str(pre)), recipe)
@@ -171,29 +179,55 @@ def _static(
         "calibrate_method": method,
         "extra_options": extra,
     }
-    recorded = {"int8_types": types.to_json()}
+    recorded: dict[str, Any] = {"int8_types": types.to_json()}
     if per_shape_supported():
-        cache, samples, groups = calibrate_to_cache(
+        cache, samples, groups, ranges = calibrate_to_cache(
             src, calib, batch, method, list(cfg.op_types), _calib_options(cfg), workdir
         )
         quantize_static(str(src), str(out), None, calibration_cache_path=str(cache), **common)
+        recorded.update(_ranges_record(cfg.method, ranges))
         return {"calibration_samples": samples, "calibration_shape_groups": groups, **recorded}
     reader = FeedReader(b.feeds for b in calib.batches(batch))
+    capture = CalibratorCapture()
     try:
-        quantize_static(str(src), str(out), reader, **common)
+        # Without the options ONNX Runtime's Entropy calibrator has 128 bins and equals MinMax.
+        with calibrator_options(_calib_options(cfg), capture):
+            quantize_static(str(src), str(out), reader, **common)
     except ValueError as err:
         if "inhomogeneous" not in str(err):
             raise
         raise TargetBuildError(
             f"{cfg.method} calibration in this onnxruntime needs calibration batches of one shape",
             hint="upgrade to onnxruntime >= 1.27 (calibrates one shape at a time), use "
-            "--method minmax, or give shards of one shape",
+            "--method minmax, or give shards of one shape whose sample count is a multiple of "
+            "calibration.batch (a short last batch is a batch of another shape)",
         ) from None
+    recorded.update(_ranges_record(cfg.method, range_summary(capture.calibrator, capture.ranges)))
     return {
         "calibration_samples": reader.samples_seen,
         "calibration_shape_groups": None,
         **recorded,
     }
+
+
+def _ranges_record(method: str, summary: dict[str, int] | None) -> dict[str, Any]:
+    """What the manifest records about the calibrated ranges of a histogram method.
+
+    Entropy (or Percentile) can legitimately pick the full min/max range of every tensor (few
+    samples, no outliers); that artifact is then the MinMax one, and the manifest says so
+    rather than letting ``method: entropy`` suggest otherwise.
+    """
+    if summary is None:
+        return {}
+    record: dict[str, Any] = {"calibration_ranges": summary}
+    if summary["tensors"] and not summary["narrowed"]:
+        note = (
+            f"{method} thresholds equal the min/max range of all {summary['tensors']} "
+            "calibrated tensors: the model is quantized exactly as with --method minmax"
+        )
+        record["method_note"] = note
+        logging.getLogger(__name__).warning(note)  # kept in the quantizer log
+    return record
 
 
 def _calib_options(cfg: QuantizationConfig) -> dict[str, Any]:
@@ -203,6 +237,7 @@ def _calib_options(cfg: QuantizationConfig) -> dict[str, Any]:
         # ONNX Runtime creates its entropy calibrator with 128 histogram bins and 128 quantized
         # bins, for which the KL search has one candidate threshold: the full range, i.e. MinMax
         # (measured: a byte-identical model). TensorRT's entropy calibration uses 2048 bins.
+        # Both calibration paths must pass these: quantize_static has no option for them.
         return {"num_bins": 2048, "num_quantized_bins": 128}
     return {}
 

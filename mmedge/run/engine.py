@@ -13,11 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmedge.errors import MmedgeError, RecipeError
+from mmedge.errors import MmedgeError, OutputExistsError, RecipeError
+from mmedge.failures import classify
 from mmedge.logs import write_log
 from mmedge.recipe import Recipe
 from mmedge.run.state import BLOCKED, CACHED, FAILED, OK, SKIPPED, RunState, key_of
 from mmedge.run.steps import RunContext, Step, plan, require_all
+from mmedge.workspace import dir_lock
 
 StepProgress = Callable[[str, int, int], None]  # (description, done, total)
 
@@ -44,22 +46,25 @@ def run_recipe(
     probes = {name: get_target(name).probe() for name in ("onnxruntime", "openvino", "tensorrt")}
     if strict:
         require_all(probes, chosen)
-    state = RunState.open(directory, recipe.name, recipe_path, take_over="all" in force)
-    ctx = RunContext(directory, recipe, recipe_path)
-    steps = plan(ctx, targets, probes)
-    names = {s.name for s in steps}
-    bad = [f for f in force if f != "all" and f not in names and f not in _KINDS]
-    if bad:
-        raise RecipeError(
-            f"--force {bad[0]!r} is not a step of this run",
-            hint="steps: all, " + ", ".join(sorted(names)) + " (or a kind: build, compare...)",
-        )
-    state.save()
-    for done, step in enumerate(steps):
-        progress(step.name, done, len(steps))
-        _run_step(step, state, _forced(step.name, force))
-    progress("report", len(steps), len(steps))
-    return write_report(state)
+    if directory.exists() and not directory.is_dir():
+        raise OutputExistsError(f"run directory {directory} exists and is not a directory")
+    with dir_lock(directory):  # a second run on this directory is refused, not interleaved
+        state = RunState.open(directory, recipe.name, recipe_path, take_over="all" in force)
+        ctx = RunContext(directory, recipe, recipe_path)
+        steps = plan(ctx, targets, probes)
+        names = {s.name for s in steps}
+        bad = [f for f in force if f != "all" and f not in names and f not in _KINDS]
+        if bad:
+            raise RecipeError(
+                f"--force {bad[0]!r} is not a step of this run",
+                hint="steps: all, " + ", ".join(sorted(names)) + " (or a kind: build, compare...)",
+            )
+        state.save()
+        for done, step in enumerate(steps):
+            progress(step.name, done, len(steps))
+            _run_step(step, state, _forced(step.name, force))
+        progress("report", len(steps), len(steps))
+        return write_report(state)
 
 
 _KINDS = ("prune", "build", "check", "compare", "parity", "bench", "latency")
@@ -100,6 +105,17 @@ def _run_step(step: Step, state: RunState, forced: bool) -> None:
         state.record(step.name, status="interrupted", seconds=time.perf_counter() - started)
         raise
     except Exception as err:  # a bug in one step must not cost the others their results
+        found = classify(err)  # no space, read-only...: the user's to fix, with its own code
+        if found is not None:
+            state.record(
+                step.name,
+                status=FAILED,
+                error=found.message,
+                hint=found.hint,
+                exit_code=found.exit_code,
+                seconds=round(time.perf_counter() - started, 2),
+            )
+            return
         log = write_log("run-step", traceback.format_exc())
         state.record(
             step.name,

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mmedge.errors import ArtifactError
+from mmedge.errors import ArtifactError, OutputExistsError
 from mmedge.run.state import MANIFEST, RunState
 from mmedge.run.steps import LATENCY
 from mmedge.rundir import atomic_write_json, atomic_write_text
@@ -21,23 +21,31 @@ from mmedge.rundir import atomic_write_json, atomic_write_text
 def write_report(state: RunState) -> dict[str, Any]:
     from mmedge.run.html import render_html
 
-    report = collect(state.directory)
+    try:
+        report = collect(state.directory)
+        markdown, html = render_markdown(report), render_html(report)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as err:
+        # The step records are checked when read; the result files they point to (compare,
+        # parity, bench, search, latency) are the steps' own, and only an edit damages them.
+        raise ArtifactError(
+            f"a result file in {state.directory} is damaged (edited?): the report cannot read "
+            f"it ({type(err).__name__}: {str(err)[:200]})",
+            hint="redo the steps whose files were edited: mmedge run RECIPE -o "
+            f"{state.directory} --force STEP (or --force all)",
+        ) from None
     atomic_write_json(state.directory / "report.json", report)
-    atomic_write_text(state.directory / "report.md", render_markdown(report))
-    atomic_write_text(state.directory / "report.html", render_html(report))
+    atomic_write_text(state.directory / "report.md", markdown)
+    atomic_write_text(state.directory / "report.html", html)
     return report
 
 
 def rerender(directory: Path) -> dict[str, Any]:
     """`mmedge report RUN_DIR`: the report again, from what the run directory holds."""
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{directory} is not an mmedge run directory (no {MANIFEST})")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        state = RunState(directory, data["recipe"]["name"], data["recipe"]["path"], data["steps"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise ArtifactError(f"{path} is not a readable run manifest: {err}") from None
+        data = RunState.read(directory)
+    except OutputExistsError as err:  # (what `run` says when it cannot resume)
+        raise ArtifactError(err.message) from None
+    state = RunState(directory, data["recipe"]["name"], data["recipe"]["path"], data["steps"])
     return write_report(state)
 
 
@@ -51,7 +59,12 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 def collect(directory: Path) -> dict[str, Any]:
     run = _read(directory / MANIFEST) or {}
-    steps: dict[str, dict[str, Any]] = run.get("steps", {})
+    raw_steps = run.get("steps")
+    steps: dict[str, dict[str, Any]] = {  # a hand-edited record must not break the report
+        str(k): v
+        for k, v in (raw_steps if isinstance(raw_steps, dict) else {}).items()
+        if isinstance(v, dict)
+    }
     names = []
     for step in steps:
         kind, _, variant = step.partition(":")
@@ -73,17 +86,35 @@ def collect(directory: Path) -> dict[str, Any]:
         "steps": [
             {
                 "step": name,
-                "status": rec.get("status"),
-                "seconds": rec.get("seconds"),
-                "note": rec.get("error") or rec.get("reason"),
-                "exit_code": rec.get("exit_code"),
+                "status": _text(rec.get("status")),
+                "seconds": _number(rec.get("seconds")),
+                "note": _text(rec.get("error") or rec.get("reason")),
+                "exit_code": rec.get("exit_code")
+                if isinstance(rec.get("exit_code"), int)
+                else None,
             }
             for name, rec in steps.items()
         ],
-        "host": run.get("host"),
+        "host": _host(run.get("host")),
         "versions": run.get("versions"),
-        "advice": _advice(run.get("host") or {}),
+        "advice": _advice(_host(run.get("host"))),
     }
+
+
+def _host(value: Any) -> dict[str, Any]:
+    """run.json's host record, in the shape the report reads (it may be hand-edited)."""
+    host: dict[str, Any] = value if isinstance(value, dict) else {}
+    cpu: dict[str, Any] = host["cpu"] if isinstance(host.get("cpu"), dict) else {}
+    features: list[Any] = cpu["features"] if isinstance(cpu.get("features"), list) else []
+    return {**host, "cpu": {**cpu, "features": [str(f) for f in features]}}
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _variant(directory: Path, name: str, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -131,6 +162,13 @@ def _search(record: dict[str, Any] | None) -> dict[str, Any] | None:
     """What `quantize --auto` tried for this variant: real builds and their measurements."""
     if not record:
         return None
+    try:
+        return _search_summary(record)
+    except (KeyError, TypeError, AttributeError):  # a damaged search.json: no search table
+        return None
+
+
+def _search_summary(record: dict[str, Any]) -> dict[str, Any]:
     return {
         "metric": record["gate"]["metric"],
         "target": record["gate"]["target"],
@@ -309,7 +347,7 @@ def step_rows(report: dict[str, Any]) -> list[list[str]]:
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]  # str: hand-edited records
     return "\n".join(lines)
 
 
@@ -338,7 +376,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "Cosine / SQNR of each branch's output embedding against the FP32 ONNX export "
         "(itself checked against PyTorch at export). The most affected branch has the lowest "
-        "SQNR, named when below 40 dB (error above 1% of the signal's power).",
+        "SQNR, named when below 40 dB (error power above 0.01% of the signal's, i.e. error "
+        "RMS above 1% of the signal's RMS).",
         "",
         _table(["variant", *parity_branches(report), "most affected"], parity_rows(report)),
         "",

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from mmedge import __version__
-from mmedge.errors import OutputExistsError
+from mmedge.errors import ArtifactError, OutputExistsError
 from mmedge.rundir import atomic_write_json, host, sha256_file, versions
+from mmedge.workspace import LOCK
 
 MANIFEST = "run.json"
 FORMAT = "mmedge-run/1"
@@ -68,27 +69,34 @@ class RunState:
     ) -> RunState:
         """The run's state; a directory made by another recipe is refused unless taken over."""
         path = directory / MANIFEST
-        if directory.exists() and any(directory.iterdir()) and not path.is_file():
+        others = [p for p in directory.iterdir() if p.name != LOCK] if directory.exists() else []
+        if others and not path.is_file():
             raise OutputExistsError(
                 f"{directory} is not empty and is not an mmedge run directory; choose another -o"
             )
         if not path.is_file():
             return cls(directory, recipe_name, str(recipe_path))
-        try:
-            old = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as err:
+        old = _read_manifest(path)
+        if old["recipe"]["name"] != recipe_name and not take_over:
             raise OutputExistsError(
-                f"{path} is not a readable run manifest ({err})",
-                hint="choose another -o, or remove the directory",
-            ) from None
-        if old.get("recipe", {}).get("name") != recipe_name and not take_over:
-            raise OutputExistsError(
-                f"{directory} holds a run of recipe {old.get('recipe', {}).get('name')!r}, "
-                f"not {recipe_name!r}",
+                f"{directory} holds a run of recipe {old['recipe']['name']!r}, not {recipe_name!r}",
                 hint="choose another -o, or pass --force all to redo it for this recipe",
             )
-        steps = {} if take_over else dict(old.get("steps", {}))
+        steps = {} if take_over else old["steps"]
+        for record in steps.values():
+            # The caller holds the directory's lock: a step still "running" belongs to a
+            # process that was killed (SIGKILL, power cut) and will be redone.
+            if record.get("status") == "running":
+                record["status"] = "interrupted"
         return cls(directory, recipe_name, str(recipe_path), steps)
+
+    @classmethod
+    def read(cls, directory: Path) -> dict[str, Any]:
+        """A run directory's manifest, checked (for `report`)."""
+        path = directory / MANIFEST
+        if not path.is_file():
+            raise ArtifactError(f"{directory} is not an mmedge run directory (no {MANIFEST})")
+        return _read_manifest(path)
 
     def fresh(self, name: str, key: str, outputs: list[Path]) -> bool:
         """True when the step ran OK with this key and its outputs are still there."""
@@ -118,3 +126,30 @@ class RunState:
                 "host": host(),
             },
         )
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """run.json, with its shape checked: whatever it holds, a user gets a message, not a
+    traceback (a step record that is not an object is dropped: the step is redone)."""
+    hint = "choose another -o, or remove the directory to start the run afresh"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError) as err:
+        raise OutputExistsError(f"{path} is not a readable run manifest ({err})", hint) from None
+    recipe = data.get("recipe") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(recipe, dict):
+        raise OutputExistsError(
+            f"{path} is not an mmedge run manifest (expected an object with format "
+            f"{FORMAT!r} and a recipe object)",
+            hint,
+        )
+    steps = data.get("steps")
+    return {
+        **data,
+        "recipe": {"name": str(recipe.get("name")), "path": str(recipe.get("path"))},
+        "steps": {
+            str(k): dict(v)
+            for k, v in (steps if isinstance(steps, dict) else {}).items()
+            if isinstance(v, dict)
+        },
+    }

@@ -60,6 +60,8 @@ class OrtSession:
             )
         except Exception as err:  # ORT raises its own Fail/InvalidGraph types
             name = path.name if isinstance(path, Path) else "the edited model"
+            if isinstance(path, Path):
+                full_disk(path)  # a file cut short by a full disk reads as a corrupt protobuf
             raise TargetBuildError(f"ONNX Runtime cannot load {name}: {err}"[:600]) from None
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
@@ -188,3 +190,21 @@ def with_outputs(path: Path | bytes, names: tuple[str, ...]) -> bytes:
             )
     data: bytes = model.SerializeToString()
     return data
+
+
+def full_disk(path: Path, spare: int = 1 << 20) -> None:
+    """Raise `SystemLimit` when the filesystem holding ``path`` is (nearly) full."""
+    import shutil
+
+    from mmedge.errors import SystemLimit
+
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < spare:
+        raise SystemLimit(
+            f"no space left on the device holding {path.parent} ({free} bytes free): "
+            f"{path.name} was cut short",
+            hint="free some space (or set TMPDIR to a bigger disk) and run again",
+        )

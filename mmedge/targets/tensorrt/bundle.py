@@ -72,8 +72,8 @@ def check_shapes(
                 raise InputSpecError(
                     f"input '{name}' {_axis_name(recipe, name, i)} is {size}, outside the engine "
                     f"profile's [{lo}, {hi}]",
-                    hint="rebuild the engine with a wider range (axes in the recipe, or "
-                    "profile.json in the bundle)",
+                    hint="widen the axis in the recipe's 'axes' (min/max), re-export the "
+                    "bundle (mmedge export --target tensorrt) and build its engine again",
                 )
 
 

@@ -41,7 +41,7 @@ def tensorrt_version() -> str | None:
     ``tensorrt-stubs`` package (type stubs only) leaves an importable, empty namespace package."""
     try:
         import tensorrt as trt
-    except ImportError:
+    except Exception:  # ImportError, or a broken install (missing CUDA libraries: OSError...)
         return None
     version = getattr(trt, "__version__", None)
     return str(version) if version and hasattr(trt, "Builder") else None

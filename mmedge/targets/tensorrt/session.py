@@ -32,13 +32,16 @@ class TrtSession:
     def __init__(
         self, directory: Path, recipe: Recipe, precision: str, config: SessionConfig
     ) -> None:
-        import tensorrt as trt
-
         version = tensorrt_version()
         if version is None:
             raise DependencyMissing(
-                "TensorRT is not installed here", hint='pip install "mmedge[tensorrt]"'
+                "TensorRT is not installed here (or does not import): a TensorRT bundle's "
+                "engine is built and run where TensorRT and a GPU are",
+                hint='pip install "mmedge[tensorrt]" on that machine, then mmedge build '
+                f"{directory}",
             )
+        import tensorrt as trt
+
         if not (directory / ENGINE).is_file():
             raise ArtifactError(
                 f"{directory} has no {ENGINE} yet",
