@@ -259,14 +259,21 @@ def open_calibration(recipe: Recipe) -> DataSource:
         return SyntheticDataset(recipe, cfg.samples or cfg.synthetic.samples, cfg.synthetic.seed)
     assert cfg.path is not None  # the schema requires one of the two
     # A labelled set (e.g. built by `mmedge calib build` from labelled files) calibrates too.
-    labels = {"label", recipe.eval.label_key if recipe.eval else "label"} - set(recipe.inputs)
-    return ShardDataset(cfg.path, recipe, limit=cfg.samples, ignore=frozenset(labels))
+    labels = {"label", (recipe.eval.label_key if recipe.eval else None) or "label"}
+    return ShardDataset(cfg.path, recipe, limit=cfg.samples, ignore=_not_inputs(labels, recipe))
 
 
 def open_eval(recipe: Recipe) -> ShardDataset | None:
     if recipe.eval is None:
         return None
-    return ShardDataset(recipe.eval.path, recipe, recipe.eval.label_key, recipe.eval.samples)
+    key = recipe.eval.label_key
+    # Unlabelled (label_key: null): a 'label' array a set happens to carry is dropped, unread.
+    ignore = _not_inputs({"label"}, recipe) if key is None else frozenset()
+    return ShardDataset(recipe.eval.path, recipe, key, recipe.eval.samples, ignore)
+
+
+def _not_inputs(names: set[str], recipe: Recipe) -> frozenset[str]:
+    return frozenset(names - set(recipe.inputs))
 
 
 def open_compare_data(recipe: Recipe, samples: int | None = None) -> DataSource:

@@ -317,14 +317,20 @@ def compare(
     ),
     samples: int | None = typer.Option(None, min=1, help="Use at most this many samples."),
     device: str | None = DeviceOpt,
+    eval_path: Path | None = typer.Option(
+        None,
+        "--eval",
+        help="Compare on these shards instead of the recipe's eval set (no rebuild).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails."""
+    """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails. A pruned
+    model's artifact is also compared with the model before pruning."""
     from mmedge.pipeline import compare_artifact, enforce_gate
 
     with console.status(not as_json) as progress:
         progress("comparing")
-        report = compare_artifact(directory, reference, samples, device)
+        report = compare_artifact(directory, reference, samples, device, eval_path=eval_path)
     data = {**report.to_json(), "reference": str(reference or "pytorch-fp32")}
     console.print_json(data) if as_json else console.compare(data)
     enforce_gate(report, directory)

@@ -110,6 +110,9 @@ class CompareReport:
     warnings: list[str] = field(default_factory=list)
     parity: dict[str, Any] | None = None  # per-branch parity against the FP32 export
     next_steps: list[str] = field(default_factory=list)  # what to try when the gate fails
+    # A pruned model's artifact, also against the model before pruning: agreement with the
+    # pruned model alone says nothing about what pruning cost (100% with a collapsed model).
+    original: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -126,6 +129,7 @@ class CompareReport:
             "warnings": self.warnings,
             "parity": self.parity,
             "next_steps": self.next_steps,
+            "original": self.original,
         }
 
 

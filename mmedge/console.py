@@ -167,6 +167,18 @@ def compare(report: Mapping[str, Any]) -> None:
             f"accuracy: reference {acc['reference']:.2f}%, candidate {acc['candidate']:.2f}% "
             f"(drop {drop:+.2f} points)"
         )
+    original = report.get("original")
+    if original and "error" not in original:
+        agreement = original.get("top1_agreement")
+        out.print(
+            f"against the model before pruning ({escape(str(original['model']))}): top-1 "
+            f"agreement {_fmt(agreement)}, cosine {_fmt(original.get('cosine'))}, SQNR "
+            f"{_fmt(original.get('sqnr_db'), 3)} dB"
+        )
+    elif original:
+        out.print(
+            f"[yellow]not compared with the model before pruning:[/] {escape(original['error'])}"
+        )
     parity = report.get("parity")
     if parity:
         branches = Table(title="per-branch parity vs the FP32 export")
@@ -360,10 +372,17 @@ def prune(report: Mapping[str, Any], directory: str) -> None:
         if h0 != h1:
             out.print(f"attention heads in {name}: {h0} → {h1}")
     accs = (before.get("accuracy"), report.get("after_pruning_accuracy"), after.get("accuracy"))
+    recovery = report.get("recovery") or {}
     if accs[0] is not None:
         out.print(
             f"accuracy: {accs[0]:.2f}% unpruned → {accs[1]:.2f}% pruned → "
-            f"{accs[2]:.2f}% after recovery"
+            f"{accs[2]:.2f}% after recovery" + (" (undone)" if recovery.get("rejected") else "")
+        )
+    if recovery.get("rejected"):
+        out.print(f"[yellow]warning:[/] recovery undone: {escape(recovery['rejected'])}")
+    if recovery.get("frozen_branches"):
+        out.print(
+            f"recovery left untouched branches frozen: {', '.join(recovery['frozen_branches'])}"
         )
     if "sparsity" in report:
         out.print(f"[yellow]note:[/] {escape(report['sparsity']['note'])}")

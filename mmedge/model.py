@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import sys
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +62,9 @@ def _from_factory(src: ModelSource) -> nn.Module:
 
     assert src.factory is not None
     module_name, attr = src.factory.split(":")
+    for folder in reversed(src.import_path):  # first in the list is searched first
+        if str(folder) not in sys.path:
+            sys.path.insert(0, str(folder))
     with user_code(f"cannot import factory module '{module_name}':"):
         module = importlib.import_module(module_name)
     if not hasattr(module, attr):
@@ -276,8 +280,8 @@ def user_code(
     except ModuleNotFoundError as err:
         raise error(
             f"{what} {err}",
-            hint="install the package, or run mmedge where the module is importable "
-            "(its folder on PYTHONPATH)",
+            hint="install the package, put the module beside the recipe, or name its folder "
+            "in model.import_path",
         ) from None
     except SyntaxError as err:
         raise error(f"{what} syntax error in {err.filename} line {err.lineno}: {err.msg}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -191,15 +192,19 @@ def reference_runner(recipe: Recipe, reference_dir: Path | None, config: Session
 
         return OrtSession(src, config.threads).run
     from mmedge.model import load_torch_model, torch_runner
+    from mmedge.refcache import cached_reference
 
-    try:
-        model = load_torch_model(recipe)
-    except DependencyMissing as err:
-        raise DependencyMissing(
-            f"{err.message}; the default reference is the PyTorch FP32 model",
-            hint=f"{err.hint}, or compare against an FP32 artifact: --reference DIR",
-        ) from None
-    return torch_runner(model, recipe.outputs)  # type: ignore[no-any-return]
+    def load() -> Runner:
+        try:
+            model = load_torch_model(recipe)
+        except DependencyMissing as err:
+            raise DependencyMissing(
+                f"{err.message}; the default reference is the PyTorch FP32 model",
+                hint=f"{err.hint}, or compare against an FP32 artifact: --reference DIR",
+            ) from None
+        return torch_runner(model, recipe.outputs)  # type: ignore[no-any-return]
+
+    return cached_reference(recipe, load)  # type: ignore[no-any-return]
 
 
 def compare_artifact(
@@ -208,6 +213,7 @@ def compare_artifact(
     samples: int | None = None,
     device: str | None = None,
     parity: bool = True,
+    eval_path: Path | None = None,
 ) -> CompareReport:
     """Compare with the reference on the recipe's data; save compare.json beside the artifact.
 
@@ -216,6 +222,8 @@ def compare_artifact(
     of recipes with branches), to say which branch to blame when the gate fails.
     """
     manifest, recipe, artifact = open_artifact(directory)
+    if eval_path is not None:  # the frozen recipe's data, replaced without a rebuild
+        recipe = _with_eval(recipe, eval_path)
     config = SessionConfig(threads=recipe.bench.threads)
     if manifest["target"] == "tensorrt":
         # On the device: the bundle's own inputs and FP32 outputs, no torch or recipe data.
@@ -237,8 +245,17 @@ def compare_artifact(
         candidate.close()
     report.failures = gate_failures(report, recipe.compare)
     report.warnings = warnings
+    if recipe.compare.max_accuracy_drop is not None and report.accuracy is None:
+        report.warnings.append(
+            "max_accuracy_drop was not checked: the data has no labels (agreement with the "
+            "reference and cosine/SQNR were)"
+        )
     if parity and recipe.branches and manifest["precision"] != "fp32":
         report.parity = _parity_or_none(manifest, recipe, artifact, samples)
+    original = None if reference_dir else pruned_from(recipe)
+    if original is not None and manifest["target"] != "tensorrt":
+        report.original = _against_original(original, candidate_config(config, device),
+                                            manifest, recipe, artifact, data, batch, score)  # fmt: skip
     if not report.passed:
         report.next_steps = next_steps(report, manifest)
     default_reference = "fp32-recorded" if manifest["target"] == "tensorrt" else "pytorch-fp32"
@@ -263,6 +280,65 @@ def save_beside(directory: Path, name: str, data: dict[str, Any]) -> list[str]:
         why = f"{found.message}; {found.hint}" if found else f"{type(err).__name__}: {err}"
         return [f"{name} was not saved in {directory}: {why}"]
     return []
+
+
+def _with_eval(recipe: Recipe, path: Path) -> Recipe:
+    from mmedge.recipe import with_overrides
+
+    if not path.exists():
+        raise InputSpecError(f"--eval {path}: not found (a directory of .npz shards or one .npz)")
+    return with_overrides(recipe, {"eval.path": str(path.resolve())})
+
+
+def pruned_from(recipe: Recipe) -> Recipe | None:
+    """The recipe of the model a pruned program was made from (its prune manifest records it),
+    or None when the recipe's model is not an mmedge-pruned program."""
+    src = recipe.model.path
+    if src is None or src.suffix != ".pt2":
+        return None
+    manifest_path = src.parent / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict) or "prune" not in (manifest.get("steps") or {}):
+            return None
+        original = parse_recipe(manifest["recipe"], f"{manifest_path} recipe")
+    except (OSError, ValueError, KeyError, TypeError, MmedgeError):
+        return None  # moved or edited: the comparison with the pruned model still stands
+    # The same data as this comparison (the pruned recipe may have had its own eval path).
+    return original.model_copy(update={"eval": recipe.eval, "compare": recipe.compare})
+
+
+def candidate_config(config: SessionConfig, device: str | None) -> SessionConfig:
+    return replace(config, device=device)
+
+
+def _against_original(
+    original: Recipe,
+    config: SessionConfig,
+    manifest: dict[str, Any],
+    recipe: Recipe,
+    artifact: Path,
+    data: DataSource,
+    batch: int,
+    score: str | None,
+) -> dict[str, Any] | None:
+    try:
+        reference = reference_runner(original, None, config)
+    except MmedgeError as err:  # the original model's files are gone: say so, do not fail
+        return {"error": err.message}
+    candidate = load_session(manifest, recipe, artifact, config)
+    try:
+        report = compare_runners(reference, candidate.run, data, batch, score)
+    finally:
+        candidate.close()
+    main = next(iter(report.outputs.values()))
+    return {
+        "model": original.model.factory or str(original.model.path),
+        "top1_agreement": report.top1_agreement,
+        "cosine": main.cosine,
+        "sqnr_db": main.sqnr_db,
+        "accuracy": report.accuracy,
+    }
 
 
 def _parity_or_none(

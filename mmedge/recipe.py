@@ -84,6 +84,9 @@ class ModelSource(_Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict)
     weights: Path | None = None
     path: Path | None = None
+    # Folders searched first for the factory's module (relative to the recipe). Default: the
+    # recipe's own folder when the module's file lies there (a model.py beside recipe.yaml).
+    import_path: list[Path] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -132,12 +135,15 @@ class CalibrationSource(_Strict):
 
 
 class EvalSource(_Strict):
-    """A labelled held-out split in the same shard format, plus which output holds class scores."""
+    """A held-out split in the same shard format, plus which output holds class scores.
+
+    ``label_key: null``: no labels; accuracy is not measured, agreement with FP32 still is (a
+    gate on ``max_accuracy_drop`` then has nothing to check and says so)."""
 
     path: Path
     samples: PosInt | None = None
     batch: PosInt = 16
-    label_key: str = "label"
+    label_key: str | None = "label"
     output: str | None = None  # defaults to the first output
 
 
@@ -361,6 +367,10 @@ class RecoverConfig(_Strict):
     # needs labels.
     data: Path | DataFactory | None = None
     label_key: str = "label"
+    # Branches pruning left exactly as they were (pretrained encoders kept whole) do not train:
+    # distilling through them can only damage what was not broken (seen: a pretrained text
+    # encoder trained at 3e-3 collapsed a model to one class).
+    freeze_untouched: bool = True
 
 
 class PruneConfig(_Strict):
@@ -638,6 +648,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
         node[leaf] = value
 
 
+def with_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
+    """The recipe with dotted overrides applied, validated like any recipe."""
+    raw = recipe.model_dump(mode="json")
+    apply_overrides(raw, overrides)
+    return parse_recipe(raw, f"recipe {recipe.name} with {sorted(overrides)}")
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for item in err.errors():
@@ -682,5 +699,23 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
         raise RecipeError(f"{path} {err}") from None
     if isinstance(raw, dict):
         _resolve_paths(raw, path.resolve().parent)
+        _resolve_import_path(raw, path.resolve().parent)
         apply_overrides(raw, overrides or {})
     return parse_recipe(raw, str(path))
+
+
+def _resolve_import_path(raw: dict[str, Any], base: Path) -> None:
+    model = raw.get("model")
+    if not isinstance(model, dict):
+        return
+    given = model.get("import_path")
+    if isinstance(given, list):
+        model["import_path"] = [
+            str((base / Path(p).expanduser()).resolve()) if isinstance(p, str) else p for p in given
+        ]
+        return
+    factory = model.get("factory")
+    if given is None and isinstance(factory, str) and _FACTORY.match(factory):
+        top = factory.split(":")[0].split(".")[0]
+        if (base / f"{top}.py").is_file() or (base / top / "__init__.py").is_file():
+            model["import_path"] = [str(base)]

@@ -9,14 +9,16 @@ with a few hundred samples, batch statistics would only add noise to what prunin
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mmedge.branches import UNASSIGNED, branch_of
 from mmedge.calibration import DataSource
-from mmedge.errors import InputSpecError
+from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.model import ordered_args
 from mmedge.recipe import Recipe, RecoverConfig
 
@@ -66,7 +68,21 @@ def recover(
         )
     teacher.eval()
     student.eval()  # see the module docstring: norm statistics stay as they are
-    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=cfg.lr)
+    frozen = untouched_branches(student, teacher, recipe) if cfg.freeze_untouched else []
+    trained = [
+        p
+        for name, p in student.named_parameters()
+        if p.requires_grad and _branch(name, recipe) not in frozen
+    ]
+    if not trained:
+        raise InputSpecError(
+            "recovery has nothing to train: pruning changed no branch (every branch is frozen)",
+            hint="prune something (prune.ratio / prune.branches), or set prune.recover.mode: none",
+        )
+    before = copy.deepcopy(student.state_dict())
+    held = held_out(data)
+    held_before = _held_out_kl(student, teacher, held, cfg.temperature)
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr)
     steps = -(-data.samples // cfg.batch)
     # Cosine decay: large steps while pruning damage is large, small ones to settle.
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs * steps)
@@ -112,6 +128,20 @@ def recover(
     finally:
         for h in [*s_hooks, *t_hooks]:
             h.remove()
+    final = float(np.mean(losses[-steps:])) if losses else None
+    held_after = _held_out_kl(student, teacher, held, cfg.temperature)
+    # Fine-tuning trades agreement with the teacher for labels: only distillation must agree more.
+    rejected = _rejection(student, teacher, held, held_before, held_after, cfg.mode == "distill")
+    if rejected is not None:
+        # A recovery that made things worse is undone, and the report says why: the figures
+        # that follow are the pruned model's own, never those of a destroyed one.
+        student.load_state_dict(before)
+        if _collapsed(student, teacher, held):
+            raise TargetBuildError(
+                "the pruned model's outputs no longer depend on its inputs (one class for every "
+                "sample), and recovery did not fix it",
+                hint="prune less (prune.ratio / prune.branches) or protect the layers at fault",
+            )
     return {
         "mode": cfg.mode,
         "epochs": cfg.epochs,
@@ -119,7 +149,88 @@ def recover(
         "samples": data.samples,
         "data": data.describe(),
         "first_loss": losses[0] if losses else None,
-        "final_loss": float(np.mean(losses[-steps:])) if losses else None,
+        "final_loss": final,
+        # KL to the teacher on the first 256 samples, before and after (the "loss fell" check)
+        "kl_before": held_before,
+        "kl_after": held_after,
         "feature_loss_branches": sorted(matched),
+        "frozen_branches": frozen,
+        "applied": rejected is None,
+        "rejected": rejected,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _branch(parameter: str, recipe: Recipe) -> str:
+    return branch_of(parameter.rpartition(".")[0], recipe.branches)
+
+
+def untouched_branches(student: nn.Module, teacher: nn.Module, recipe: Recipe) -> list[str]:
+    """Branches whose every parameter pruning left as it was (same name, shape and values)."""
+    import torch
+
+    original = dict(teacher.named_parameters())
+    touched: set[str] = set()
+    seen: set[str] = set()
+    for name, p in student.named_parameters():
+        branch = _branch(name, recipe)
+        seen.add(branch)
+        old = original.get(name.replace("_orig", ""))  # (sparsity masks rename weight_orig)
+        if old is None or old.shape != p.shape or not torch.equal(old.detach(), p.detach()):
+            touched.add(branch)
+    return sorted(b for b in seen - touched if b != UNASSIGNED)
+
+
+def held_out(data: DataSource, limit: int = 256) -> list[dict[str, np.ndarray]]:
+    """The first ``limit`` samples, kept: a data factory may stream fresh samples on every
+    pass, and before/after or student/teacher must see the same ones."""
+    kept: list[dict[str, np.ndarray]] = []
+    count = 0
+    for batch in data.batches(32):
+        kept.append({k: np.asarray(v) for k, v in batch.feeds.items()})
+        count += len(next(iter(batch.feeds.values())))
+        if count >= limit:
+            break
+    return kept
+
+
+def _logits(model: nn.Module, held: list[dict[str, np.ndarray]]) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        out = [model(*ordered_args(model, _tensors(f))).detach().float().numpy() for f in held]
+    return np.concatenate(out)
+
+
+def _collapsed(student: nn.Module, teacher: nn.Module, held: list[dict[str, np.ndarray]]) -> bool:
+    """One class for every sample where the teacher tells several apart, or outputs that
+    barely move with the inputs (their spread across samples under 1% of the teacher's)."""
+    s, t = _logits(student, held), _logits(teacher, held)
+    one_class = len(np.unique(s.argmax(-1))) == 1 < len(np.unique(t.argmax(-1)))
+    flat = float(s.std(axis=0).mean()) < 0.01 * float(t.std(axis=0).mean())
+    return one_class or flat
+
+
+def _held_out_kl(
+    student: nn.Module, teacher: nn.Module, held: list[dict[str, np.ndarray]], temp: float
+) -> float:
+    """The distillation loss, measured the same way before and after (no dropout, no update)."""
+    s, t = _logits(student, held) / temp, _logits(teacher, held) / temp
+    log_s = s - np.logaddexp.reduce(s, axis=-1, keepdims=True)
+    log_t = t - np.logaddexp.reduce(t, axis=-1, keepdims=True)
+    return float(np.mean(np.sum(np.exp(log_t) * (log_t - log_s), axis=-1)) * temp**2)
+
+
+def _rejection(
+    student: nn.Module,
+    teacher: nn.Module,
+    held: list[dict[str, np.ndarray]],
+    before: float,
+    after: float,
+    must_agree_more: bool,
+) -> str | None:
+    if must_agree_more and not after < before:
+        return f"the distillation loss did not fall ({before:.4g} before, {after:.4g} after)"
+    if _collapsed(student, teacher, held):
+        return "the recovered model collapsed: its outputs no longer depend on its inputs"
+    return None

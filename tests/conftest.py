@@ -44,6 +44,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(pytest.mark.skip(reason=why))
 
 
+@pytest.fixture(autouse=True)
+def _own_reference_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no cached PyTorch outputs (mmedge.refcache): a hit left by another
+    test would hide the path under test."""
+    monkeypatch.setenv("MMEDGE_CACHE_DIR", str(tmp_path / ".mmedge-cache"))
+
+
 REFERENCE = REPO / "recipes" / "reference.yaml"
 REFERENCE_LARGE = REPO / "recipes" / "reference-large.yaml"
 

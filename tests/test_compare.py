@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +109,81 @@ def test_compare_runners_accumulates_over_batches() -> None:
     assert report.samples == 6
     assert report.top1_agreement == pytest.approx(4 / 6)
     assert report.accuracy == {"reference": 100.0, "candidate": pytest.approx(400 / 6)}
+
+
+def test_unlabelled_eval_is_compared_by_agreement(tmp_path: Path) -> None:
+    """`eval.label_key: null`: no accuracy, agreement and the output metrics still gate."""
+    from mmedge.pipeline import build_artifact, compare_artifact
+    from mmedge.recipe import load_recipe
+    from tests.conftest import write_recipe
+
+    path = write_recipe(tmp_path, {"compare.max_accuracy_drop": 1.0})
+    text = path.read_text().replace("  batch: 16\n", "  batch: 16\n  label_key: null\n", 1)
+    path.write_text(text)
+    recipe = load_recipe(path)
+    assert recipe.eval is not None and recipe.eval.label_key is None
+    build_artifact(recipe, "onnxruntime", "fp32", tmp_path / "a")
+    report = compare_artifact(tmp_path / "a")
+    assert report.accuracy is None and report.top1_agreement == 1.0
+    assert any("max_accuracy_drop was not checked" in w for w in report.warnings)
+
+
+def test_a_pruned_artifact_is_compared_with_the_model_before_pruning(tmp_path: Path) -> None:
+    """Agreement with the pruned model alone hides what pruning cost; and `--eval` swaps the
+    data without a rebuild."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from mmedge.cli import app
+    from tests.conftest import write_recipe
+
+    runner = CliRunner()
+    recipe = write_recipe(
+        tmp_path, {"prune": {"ratio": 0.5, "round_to": 2, "recover": {"mode": "none"}}}
+    )
+    assert runner.invoke(app, ["prune", str(recipe), "-o", str(tmp_path / "p")]).exit_code == 0
+    out = tmp_path / "a"
+    result = runner.invoke(app, ["export", str(tmp_path / "p" / "recipe.yaml"), "-t", "onnxruntime",
+                                 "-o", str(out)])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    result = runner.invoke(app, ["compare", str(out), "--json"])
+    assert result.exit_code == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["top1_agreement"] == 1.0  # the FP32 export of the pruned model itself
+    original = data["original"]
+    assert original["model"] == "tests.models:tiny_fusion"
+    # Pruning half of every branch moves the outputs: the pruned export matches its own model
+    # to float rounding, and the original far less closely.
+    assert original["sqnr_db"] < 30 < data["outputs"]["logits"]["sqnr_db"], (original, data)
+
+    (tmp_path / "other").mkdir()
+    shard = dict(np.load(tmp_path / "eval" / "shard-000.npz"))
+    np.savez(tmp_path / "other" / "shard-000.npz", **{k: v[:5] for k, v in shard.items()})
+    result = runner.invoke(app, ["compare", str(out), "--eval", str(tmp_path / "other"), "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout)["samples"] == 5
+
+
+def test_pytorch_reference_outputs_are_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second compare of the same model and data does not load PyTorch's model at all; a
+    changed input misses the cache."""
+    import mmedge.model
+    from mmedge.pipeline import build_artifact, compare_artifact
+    from mmedge.recipe import load_recipe
+    from tests.conftest import write_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    build_artifact(recipe, "onnxruntime", "int8", tmp_path / "a")
+    first = compare_artifact(tmp_path / "a", parity=False)
+
+    def no_model(_recipe: object) -> None:
+        raise AssertionError("the model was loaded although its outputs are cached")
+
+    monkeypatch.setattr(mmedge.model, "load_torch_model", no_model)
+    second = compare_artifact(tmp_path / "a", parity=False)
+    assert second.to_json()["outputs"] == first.to_json()["outputs"]
+    with pytest.raises(AssertionError, match="was loaded"):
+        compare_artifact(tmp_path / "a", parity=False, samples=5)  # other batches: a miss

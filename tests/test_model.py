@@ -126,3 +126,33 @@ def test_onnx_source_is_not_a_torch_model(tmp_path: Path) -> None:
     (tmp_path / "m.onnx").write_bytes(b"")
     with pytest.raises(ModelLoadError, match="is an ONNX model; this step needs a PyTorch model"):
         _load(tmp_path, {"model.factory": None, "model.path": "m.onnx"})
+
+
+def test_a_factory_module_beside_the_recipe_is_importable(tmp_path: Path) -> None:
+    """A user's model.py next to their recipe.yaml: no PYTHONPATH needed (or import_path)."""
+    import sys
+
+    from tests.conftest import write_recipe
+
+    name = "beside_recipe_model"
+    (tmp_path / f"{name}.py").write_text(
+        "from tests.models import tiny_fusion\n\ndef make():\n    return tiny_fusion()\n"
+    )
+    recipe = load_recipe(write_recipe(tmp_path, {"model.factory": f"{name}:make"}))
+    assert recipe.model.import_path == [tmp_path.resolve()]
+    try:
+        assert load_torch_model(recipe) is not None
+    finally:
+        sys.modules.pop(name, None)
+        sys.path[:] = [p for p in sys.path if p != str(tmp_path.resolve())]
+
+    (tmp_path / "lib").mkdir()
+    (tmp_path / f"{name}.py").rename(tmp_path / "lib" / f"elsewhere_{name}.py")
+    changes = {"model.factory": f"elsewhere_{name}:make", "model.import_path": ["lib"]}
+    recipe = load_recipe(write_recipe(tmp_path, changes))
+    assert recipe.model.import_path == [(tmp_path / "lib").resolve()]
+    try:
+        assert load_torch_model(recipe) is not None
+    finally:
+        sys.modules.pop(f"elsewhere_{name}", None)
+        sys.path[:] = [p for p in sys.path if p != str((tmp_path / "lib").resolve())]

@@ -319,3 +319,31 @@ def test_recovery_restores_accuracy_on_the_reference_model(tmp_path: Path) -> No
     assert pruned < 50.0 < 85.0 < recovered, (pruned, recovered)
     assert report["before"]["accuracy"] == pytest.approx(93.89, abs=0.01)
     assert np.isfinite(report["recovery"]["final_loss"])
+
+
+def test_recovery_freezes_untouched_branches_and_undoes_a_collapse(tmp_path: Path) -> None:
+    """Pretrained branches pruning left whole do not train; a recovery that destroys the model
+    (here: a learning rate far too high, as a pretrained encoder at 3e-3 was in the audit) is
+    caught by its own checks and undone, and the report says so."""
+    from mmedge.calibration import open_calibration
+    from mmedge.recipe import RecoverConfig
+    from mmedge.recover import recover
+
+    recipe = load_recipe(write_recipe(tmp_path))
+    teacher = load_torch_model(recipe)
+    student = _pruned(tmp_path, branches={"image": 0.5})
+    text_before = {k: v.clone() for k, v in student.text_encoder.state_dict().items()}
+    data = open_calibration(recipe)
+
+    gentle = recover(student, teacher, data, recipe, RecoverConfig(epochs=2, lr=1e-3))
+    assert {"text", "audio"} <= set(gentle["frozen_branches"])
+    assert "image" not in gentle["frozen_branches"]
+    for key, value in student.text_encoder.state_dict().items():
+        assert torch.equal(value, text_before[key]), key
+    assert gentle["applied"] and gentle["kl_after"] < gentle["kl_before"]
+
+    saved = {k: v.clone() for k, v in student.state_dict().items()}
+    wild = recover(student, teacher, data, recipe, RecoverConfig(epochs=3, lr=50.0))
+    assert not wild["applied"] and wild["rejected"]
+    for key, value in student.state_dict().items():  # undone: the model before it, exactly
+        assert torch.equal(value, saved[key]), key

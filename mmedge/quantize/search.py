@@ -34,8 +34,8 @@ from mmedge.branches import UNASSIGNED, branch_of, scope_of_name
 from mmedge.calibration import DataSource
 from mmedge.errors import AccuracyError, RecipeError
 from mmedge.quantize.evaluate import Validation, better, branch_sqnr, passes
-from mmedge.quantize.space import SearchSpace, with_overrides
-from mmedge.recipe import Recipe
+from mmedge.quantize.space import SearchSpace
+from mmedge.recipe import Recipe, with_overrides
 from mmedge.rundir import atomic_write_json, atomic_write_text
 from mmedge.targets import BuildResult, SessionConfig, Target
 

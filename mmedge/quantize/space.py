@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mmedge.quantize.isa import ort_types
-from mmedge.recipe import Recipe, apply_overrides, parse_recipe
+from mmedge.recipe import Recipe, with_overrides
 from mmedge.targets import Session, SessionConfig
 
 
@@ -46,13 +46,6 @@ class SearchSpace(Protocol):
         config: SessionConfig,
         fp32_onnx: Path,
     ) -> Session: ...
-
-
-def with_overrides(recipe: Recipe, overrides: dict[str, Any]) -> Recipe:
-    """The recipe with dotted overrides applied, validated like any recipe."""
-    raw = recipe.model_dump(mode="json")
-    apply_overrides(raw, overrides)
-    return parse_recipe(raw, f"recipe {recipe.name} with {sorted(overrides)}")
 
 
 class QdqSpace:
