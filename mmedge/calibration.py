@@ -218,11 +218,17 @@ def _check_declared_sizes(archive: zipfile.ZipFile, shard: Path) -> None:
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
             header = fh.tell()
+        name = info.filename.removesuffix(".npy")
+        if any(d < 0 for d in shape):  # numpy's header reader lets them through (seen: -20)
+            raise InputSpecError(
+                f"shard {shard}: array '{name}' declares shape {list(shape)}, with a negative "
+                "dimension: a corrupt or forged shard"
+            )
         declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
         if declared > info.file_size - header:
             gib = f"{declared / 2**30:.3g}" if declared < 2**1000 else "over 10^290"
             raise InputSpecError(
-                f"shard {shard}: array '{info.filename.removesuffix('.npy')}' declares shape "
+                f"shard {shard}: array '{name}' declares shape "
                 f"{list(shape)} ({gib} GiB) but the file holds "
                 f"{info.file_size - header} bytes for it: a corrupt or forged shard"
             )

@@ -19,24 +19,14 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from mmedge.cli import app
 from tests.conftest import REPO, Built, write_recipe
-
-runner = CliRunner()
-
-
-def run(*args: str | Path) -> Result:
-    return runner.invoke(app, [str(a) for a in args])
+from tests.test_cli import assert_user_error, run
 
 
 def user_error(result: Result, code: int, *fragments: str) -> str:
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    assert result.stderr.startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in result.stderr, (fragment, result.stderr)
-    assert "Traceback" not in result.stdout + result.stderr
+    assert_user_error(result, code, *fragments)
     return str(result.stderr)
 
 
@@ -99,6 +89,17 @@ def test_a_shard_declaring_a_huge_shape_is_refused_before_allocation(tmp_path: P
     result = run("quantize", recipe, "-t", "onnxruntime", "-o", tmp_path / "q")
     user_error(result, 4, "shard-000.npz", "declares shape", "GiB")
     assert not (tmp_path / "q").exists()
+
+    # A negative dimension makes the product small, and numpy's header reader accepts it
+    # (found by tests/test_properties.py: [4, -20, 201761263306198221] allocated 8 EiB).
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (4, -20, 201761263306198221)}
+    )
+    with zipfile.ZipFile(tmp_path / "calib" / "shard-000.npz", "w") as archive:
+        archive.writestr("image.npy", header.getvalue() + b"\0" * 64)
+    result = run("quantize", recipe, "-t", "onnxruntime", "-o", tmp_path / "q")
+    user_error(result, 4, "shard-000.npz", "negative dimension")
 
 
 # -- the user's model and data ---------------------------------------------------------------

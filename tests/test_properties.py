@@ -12,6 +12,7 @@ import contextlib
 import copy
 import io
 import json
+import os
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -33,8 +34,14 @@ from mmedge.run.state import RunState
 from mmedge.rundir import check_output_dir, manifest_problem, read_manifest
 from tests.conftest import REFERENCE, TINY, tiny_feeds
 
+# derandomize: CI runs the same examples every time (a property that fails, fails on every run
+# and on every machine); MMEDGE_HYPOTHESIS_EXPLORE=1 draws new ones on each run.
 FAST = settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow], database=None
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    database=None,
+    derandomize=not os.environ.get("MMEDGE_HYPOTHESIS_EXPLORE"),
 )
 
 # -- arbitrary JSON-like values and random mutations of a document ----------------------------
@@ -285,7 +292,8 @@ def _zip(members: dict[str, bytes], compress: bool) -> bytes:
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with zipfile.ZipFile(buf, "w", method) as archive:
         for name, data in members.items():
-            archive.writestr(name, data)
+            # zipfile cuts a name at NUL (and fails on an empty one): not the reader under test
+            archive.writestr(name.replace("\x00", "_"), data)
     return buf.getvalue()
 
 

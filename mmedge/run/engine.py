@@ -91,38 +91,22 @@ def _run_step(step: Step, state: RunState, forced: bool) -> None:
     started = time.perf_counter()
     try:
         summary = step.action()
-    except MmedgeError as err:
-        state.record(
-            step.name,
-            status=FAILED,
-            error=err.message,
-            hint=err.hint,
-            exit_code=err.exit_code,
-            seconds=round(time.perf_counter() - started, 2),
-        )
-        return
     except KeyboardInterrupt:
         state.record(step.name, status="interrupted", seconds=time.perf_counter() - started)
         raise
-    except Exception as err:  # a bug in one step must not cost the others their results
-        found = classify(err)  # no space, read-only...: the user's to fix, with its own code
-        if found is not None:
-            state.record(
-                step.name,
-                status=FAILED,
-                error=found.message,
-                hint=found.hint,
-                exit_code=found.exit_code,
-                seconds=round(time.perf_counter() - started, 2),
-            )
-            return
-        log = write_log("run-step", traceback.format_exc())
+    except Exception as err:  # a failed step must not cost the others their results
+        # User errors and the system's refusals (no space...) carry their own code; anything
+        # else is a bug, logged with its traceback.
+        found = classify(err)
+        if found is None:
+            log = write_log("run-step", traceback.format_exc())
+            found = MmedgeError(f"{type(err).__name__}: {err}"[:600], f"traceback: {log}")
         state.record(
             step.name,
             status=FAILED,
-            error=f"{type(err).__name__}: {err}"[:600],
-            hint=f"traceback: {log}",
-            exit_code=1,
+            error=found.message,
+            hint=found.hint,
+            exit_code=found.exit_code,
             seconds=round(time.perf_counter() - started, 2),
         )
         return
