@@ -347,3 +347,20 @@ def test_recovery_freezes_untouched_branches_and_undoes_a_collapse(tmp_path: Pat
     assert not wild["applied"] and wild["rejected"]
     for key, value in student.state_dict().items():  # undone: the model before it, exactly
         assert torch.equal(value, saved[key]), key
+
+
+def test_a_model_that_cannot_be_pruned_fails_before_any_measurement(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A structural failure costs seconds: nothing is exported or timed before pruning ran."""
+    import mmedge.pruning
+
+    def no_measuring(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("measured before pruning was known to work")
+
+    monkeypatch.setattr(mmedge.pruning, "_measure", no_measuring)
+    result = _prune_cli(
+        tmp_path, {"model.factory": "tests.models:fixed_width"}, "--branch", "image=0.5"
+    )
+    assert result.exit_code == 6, result.stderr
+    assert "the pruned model fails in image_encoder.proj" in result.stderr
