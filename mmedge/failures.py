@@ -42,7 +42,7 @@ def os_error(err: OSError) -> SystemLimit | None:
     return SystemLimit(f"{where}: {what}", hint=fix)
 
 
-def classify(exc: BaseException) -> MmedgeError | None:
+def classify(exc: BaseException, depth: int = 0) -> MmedgeError | None:
     """The documented error for ``exc``, or None when it is a bug."""
     if isinstance(exc, MmedgeError):
         return exc
@@ -59,9 +59,9 @@ def classify(exc: BaseException) -> MmedgeError | None:
             hint="check the recipe or data file for deeply nested or self-referencing values",
         )
     cause = exc.__cause__ or exc.__context__
-    if cause is not None and cause is not exc:
+    if cause is not None and cause is not exc and depth < 8:  # (chains can loop)
         # An OSError wrapped by a library (ONNX's "INVALID_PROTOBUF" after a short write).
-        found = classify(cause)
+        found = classify(cause, depth + 1)
         if isinstance(found, SystemLimit):
             return found
     return None

@@ -164,7 +164,9 @@ def verified_artifact(directory: Path, manifest: dict[str, Any]) -> Path:
 # What mmedge writes into an artifact directory besides the files its manifest lists (results
 # of compare/bench/check/parity, a TensorRT engine built later on the device, a search record).
 _SIDE_FILES = re.compile(
-    r"^(?:[\w.-]+\.json|recipe\.yaml|policy\.yaml|model\.engine|timing\.cache|parity\.npz)$"
+    r"^(?:(?:compare|parity|check|search|engine|profile|preprocess|report)\.json"
+    r"|(?:bench|tokenizer)-[\w.-]+\.json|recipe\.yaml|policy\.yaml"
+    r"|model\.engine|timing\.cache|parity\.npz)$"
 )
 
 

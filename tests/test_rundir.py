@@ -185,3 +185,15 @@ def test_stale_staging_and_scratch_of_dead_processes_are_swept(tmp_path: Path) -
     removed = sweep_stale(tmp_path)
     assert stale in removed and scratch in removed
     assert not stale.exists() and not scratch.exists() and live.exists()
+
+
+def test_force_keeps_an_artifact_someone_added_a_json_file_to(tmp_path: Path) -> None:
+    """Only the JSON files mmedge writes count as its own: a user's notes.json is not."""
+    _publish(tmp_path / "art")
+    (tmp_path / "art" / "notes.json").write_text("{}")
+    other = {**IDENTITY, "precision": "fp32"}
+    with pytest.raises(OutputExistsError, match=r"files mmedge did not write \(notes.json\)"):
+        check_output_dir(tmp_path / "art", other, force=True)
+    (tmp_path / "art" / "notes.json").unlink()
+    (tmp_path / "art" / "bench-latency-b1-t2-opt.json").write_text("{}")
+    check_output_dir(tmp_path / "art", other, force=True)
