@@ -45,7 +45,7 @@ def independent_macs(recipe: Recipe, pruned: bool) -> dict[str, int]:
     if pruned:
         assert recipe.prune is not None
         traced = {k: torch.from_numpy(v) for k, v in trace_feeds(recipe).items()}
-        structured_prune(model, traced, recipe, recipe.prune, lambda: None)
+        model = structured_prune(model, traced, recipe, recipe.prune).model
     feeds = {k: torch.from_numpy(v) for k, v in dummy_feeds(recipe, "opt", batch=1).items()}
     _, _, layer_macs, _ = tp.utils.count_ops_and_params(model, feeds, layer_wise=True)
     found = dict.fromkeys(recipe.branches, 0)

@@ -406,6 +406,9 @@ def prune(
         None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/pruned]"
     ),
     force: bool = typer.Option(False, "--force", help="Replace a different result at --out."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Fail when a layer cannot be pruned safely (default: leave it whole)."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Structured pruning per branch, optional sparsity, and accuracy recovery by distillation."""
@@ -421,6 +424,8 @@ def prune(
     ):
         if value is not None:
             overrides[f"prune.{key}"] = value
+    if strict:
+        overrides["prune.strict"] = True
     ratios = _branch_ratios(branch)
     if ratios:
         overrides["prune.branches"] = ratios

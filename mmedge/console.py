@@ -371,6 +371,8 @@ def prune(report: Mapping[str, Any], directory: str) -> None:
     for name, (h0, h1) in report["structured"]["heads"].items():
         if h0 != h1:
             out.print(f"attention heads in {name}: {h0} → {h1}")
+    for name, why in report["structured"].get("left_whole", {}).items():
+        out.print(f"[yellow]left whole:[/] {escape(name)}: {escape(why)}")
     accs = (before.get("accuracy"), report.get("after_pruning_accuracy"), after.get("accuracy"))
     recovery = report.get("recovery") or {}
     if accs[0] is not None:

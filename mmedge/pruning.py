@@ -9,7 +9,6 @@ pruning, after pruning and after recovery.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,11 +101,11 @@ def _measure(model: nn.Module, recipe: Recipe, tmp: Path, tag: str) -> dict[str,
     }
 
 
-def _taylor(model: nn.Module, teacher: nn.Module, data: DataSource | None) -> Callable[[], None]:
+def _taylor(teacher: nn.Module, data: DataSource | None) -> Callable[[nn.Module], None]:
     """Gradients for Taylor importance: cross-entropy against the unpruned model's predictions
     (pseudo-labels), so no labels are needed."""
 
-    def run() -> None:
+    def run(model: nn.Module) -> None:
         import torch
         import torch.nn.functional as F
 
@@ -142,7 +141,7 @@ def prune_artifact(
     data = recovery_data(recipe, cfg)  # fails fast when recovery has no data
     progress("loading PyTorch model")
     model = load_torch_model(recipe)
-    teacher = copy.deepcopy(model)
+    teacher = model  # structured_prune prunes a copy: this one stays the unpruned teacher
     feeds = {k: torch.from_numpy(v) for k, v in trace_feeds(recipe).items()}
     report: dict[str, Any] = {"config": cfg.model_dump(mode="json")}
     with (
@@ -156,7 +155,8 @@ def prune_artifact(
         calib = (
             data if data is not None else (open_calibration(recipe) if recipe.calibration else None)
         )
-        result = structured_prune(model, feeds, recipe, cfg, _taylor(model, teacher, calib))
+        result = structured_prune(model, feeds, recipe, cfg, _taylor(teacher, calib))
+        model = result.model
         progress("measuring the unpruned model")
         report["before"] = {  # the teacher: an untouched copy of the model
             **_measure(teacher, recipe, tmp, "before"),
@@ -167,6 +167,8 @@ def prune_artifact(
             "heads": result.heads,
             "protected": result.protected,
             "untouched_layers": result.skipped,
+            "left_whole": result.left_whole,
+            "by_branch": result.by_branch,
         }
         if cfg.sparsity.mode != "none":
             report["sparsity"] = {

@@ -381,6 +381,8 @@ class PruneConfig(_Strict):
     importance: Literal["magnitude", "taylor"] = "magnitude"  # taylor uses calibration data
     prune_heads: bool = True  # whole attention heads (head width kept)
     protect: list[str] = Field(default_factory=list)  # module names whose outputs stay whole
+    # Layers mmedge cannot prune safely are left whole and reported; strict makes that an error.
+    strict: bool = False
     sparsity: SparsityConfig = Field(default_factory=SparsityConfig)
     recover: RecoverConfig = Field(default_factory=RecoverConfig)
 

@@ -28,8 +28,7 @@ def _pruned(
 ) -> torch.nn.Module:
     recipe = load_recipe(write_recipe(tmp_path, {"model.factory": factory}))
     model = load_torch_model(recipe)
-    structured_prune(model, FEEDS, recipe, PruneConfig(round_to=2, **prune))
-    return model
+    return structured_prune(model, FEEDS, recipe, PruneConfig(round_to=2, **prune)).model
 
 
 def test_only_the_named_branch_shrinks(tmp_path: Path) -> None:
@@ -96,14 +95,14 @@ def test_taylor_importance(tmp_path: Path) -> None:
     model = load_torch_model(recipe)
     calls = []
 
-    def gradients() -> None:
+    def gradients(work: torch.nn.Module) -> None:
         calls.append(1)
-        torch.nn.functional.cross_entropy(model(**FEEDS), torch.tensor([0, 1])).backward()
+        torch.nn.functional.cross_entropy(work(**FEEDS), torch.tensor([0, 1])).backward()
 
-    structured_prune(
+    result = structured_prune(
         model, FEEDS, recipe, PruneConfig(round_to=2, ratio=0.5, importance="taylor"), gradients
     )
-    assert calls and model.image_encoder.proj.out_features == 4
+    assert calls and result.model.image_encoder.proj.out_features == 4
 
 
 def test_two_four_masks(tmp_path: Path) -> None:
@@ -252,21 +251,21 @@ def test_finetune_on_labels_with_feature_loss_and_global_ranking(tmp_path: Path)
         ({}, [], 3, "nothing to prune"),
         (
             {"prune.round_to": 8},
-            ["--ratio", "0.5"],
+            ["--ratio", "0.5", "--strict"],
             3,
             "would remove every output channel of image_encoder.features.0 (4 channels",
         ),
         (
             {"model.factory": "tests.models:direct_parameter"},
-            ["--branch", "text=0.5"],
+            ["--branch", "text=0.5", "--strict"],
             6,
-            "Torch-Pruning cannot follow text_encoder.positions.weight",
+            "text_encoder.positions.weight: parameter used outside its module's forward",
         ),
         (
             {"model.factory": "tests.models:fixed_width"},
-            ["--branch", "image=0.5"],
+            ["--branch", "image=0.5", "--strict"],
             6,
-            "the pruned model fails in image_encoder.proj, right after image_encoder.pool",
+            "with it pruned, the model fails in image_encoder.proj",
         ),
         (
             {"calibration": None, "eval": None},
@@ -290,6 +289,28 @@ def test_bad_input(
     assert result.exit_code == code, (result.stdout, result.stderr)
     assert fragment in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "pruned").exists()
+
+
+@pytest.mark.parametrize(
+    ("factory", "branch", "left_whole"),
+    [
+        ("tests.models:direct_parameter", "text", {"text_encoder.positions.weight"}),
+        # The pruned model failed in image_encoder.proj: the layers feeding it are left whole.
+        ("tests.models:fixed_width", "image", {"image_encoder.conv"}),
+    ],
+)
+def test_what_cannot_be_pruned_is_left_whole_and_reported(
+    tmp_path: Path, factory: str, branch: str, left_whole: set[str]
+) -> None:
+    result = _prune_cli(
+        tmp_path, {"model.factory": factory}, "--branch", f"{branch}=0.5", "--ratio", "0.5"
+    )
+    assert result.exit_code == 0, result.stderr
+    report = json.loads((tmp_path / "pruned" / "report.json").read_text())
+    assert set(report["structured"]["left_whole"]) == left_whole
+    assert "left whole:" in result.stdout
+    before, after = report["before"]["stats"], report["after"]["stats"]
+    assert after["audio"]["params"] < before["audio"]["params"], "the rest is pruned"
 
 
 def test_a_pruned_program_with_a_recipe_whose_inputs_differ(tmp_path: Path) -> None:
@@ -360,7 +381,11 @@ def test_a_model_that_cannot_be_pruned_fails_before_any_measurement(
 
     monkeypatch.setattr(mmedge.pruning, "_measure", no_measuring)
     result = _prune_cli(
-        tmp_path, {"model.factory": "tests.models:fixed_width"}, "--branch", "image=0.5"
+        tmp_path,
+        {"model.factory": "tests.models:fixed_width"},
+        "--branch",
+        "image=0.5",
+        "--strict",
     )
     assert result.exit_code == 6, result.stderr
-    assert "the pruned model fails in image_encoder.proj" in result.stderr
+    assert "with it pruned, the model fails in image_encoder.proj" in result.stderr
