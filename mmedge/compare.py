@@ -186,9 +186,14 @@ def compare_runners(
             labels.append(item.labels)
     merged = {n: output_metrics(refs[n], cands[n]) for n in refs}
     scores = score_output or next(iter(refs))
+    samples = sum(r.shape[0] for r in refs[scores])
+    if len({r.shape[1] for r in refs[scores]}) > 1:
+        # Token-level outputs (a branch's [batch, seq, width] edge) change width with the
+        # shard's sequence length: no class scores, so no agreement or accuracy to compute.
+        return CompareReport(merged, None, None, samples=samples)
     ref_s, cand_s = np.concatenate(refs[scores]), np.concatenate(cands[scores])
     acc = None
     if labels:
         y = np.concatenate(labels)
         acc = {"reference": accuracy(ref_s, y), "candidate": accuracy(cand_s, y)}
-    return CompareReport(merged, top1_agreement(ref_s, cand_s), acc, samples=ref_s.shape[0])
+    return CompareReport(merged, top1_agreement(ref_s, cand_s), acc, samples=samples)

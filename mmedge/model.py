@@ -103,6 +103,10 @@ def _load_weights(model: nn.Module, src: ModelSource) -> None:
         state = state["state_dict"]
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path} holds {type(state).__name__}, expected a state dict")
+    if src.shapes is not None:
+        from mmedge.reshape import apply_shapes
+
+        apply_shapes(model, src.shapes, state)
     try:
         result = model.load_state_dict(dict(state), strict=False)
     except RuntimeError as err:  # tensors whose shapes do not fit the model's parameters

@@ -291,10 +291,10 @@ def _with_eval(recipe: Recipe, path: Path) -> Recipe:
 
 
 def pruned_from(recipe: Recipe) -> Recipe | None:
-    """The recipe of the model a pruned program was made from (its prune manifest records it),
-    or None when the recipe's model is not an mmedge-pruned program."""
-    src = recipe.model.path
-    if src is None or src.suffix != ".pt2":
+    """The recipe of the model a pruned model was made from (its prune manifest records it),
+    or None when the recipe's model is not one mmedge pruned (a program, or weights + shapes)."""
+    src = recipe.model.shapes or recipe.model.path
+    if src is None or src.suffix not in {".pt2", ".json"}:
         return None
     manifest_path = src.parent / "manifest.json"
     try:

@@ -631,7 +631,7 @@ class _Graph:
 
     def producers(self, grad_fns: list[Any]) -> set[str]:
         """The layers whose outputs reach these tensors through parameter-free ops."""
-        stack = [self.by_grad_fn[f] for f in grad_fns if f in self.by_grad_fn]
+        stack = [self.by_grad_fn[f] for f in self._traced(grad_fns)]
         found, seen = set(), set()
         while stack:
             node = stack.pop()
@@ -644,6 +644,24 @@ class _Graph:
                 if node.type != self.depthwise:
                     continue
             stack.extend(node.inputs)
+        return found
+
+    def _traced(self, grad_fns: list[Any], limit: int = 10_000) -> list[Any]:
+        """The nearest autograd nodes Torch-Pruning traced, from these: a module whose output
+        reaches no model output (an unused BERT pooler) is not in its graph, but what feeds it
+        is."""
+        found: list[Any] = []
+        stack: list[Any] = list(grad_fns)
+        seen: set[Any] = set()
+        while stack and len(seen) < limit:
+            fn = stack.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            if fn in self.by_grad_fn:
+                found.append(fn)
+                continue
+            stack.extend(f for f, _ in getattr(fn, "next_functions", ()))
         return found
 
     def root(self, group: Any) -> str:

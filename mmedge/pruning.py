@@ -1,8 +1,10 @@
 """`mmedge prune`: prune, sparsify, recover, measure before and after, save for every target.
 
-The pruned model is saved as a ``torch.export`` program (``pruned.pt2``), beside a recipe that
-points at it: later steps (export, quantize, every target) read it without the original class
-definition, whose layer sizes no longer match. The report holds parameters, MACs and ONNX
+The pruned model keeps its class: its weights (``pruned.safetensors``) and the layer widths
+pruning changed (``pruned-shapes.json``, see mmedge/reshape.py) are saved beside a recipe that
+builds it with the original factory, so export treats it exactly like the unpruned model (same
+exporter, same module names). A model that came as a ``torch.export`` program is saved as one
+(``pruned.pt2``). The report holds parameters, MACs and ONNX
 Runtime FP32 latency per branch, before and after, and accuracy on the eval split before
 pruning, after pruning and after recovery.
 """
@@ -42,6 +44,8 @@ if TYPE_CHECKING:
     from torch import nn
 
 PROGRAM = "pruned.pt2"
+WEIGHTS = "pruned.safetensors"
+SHAPES = "pruned-shapes.json"
 RECIPE = "recipe.yaml"
 REPORT = "report.json"
 NOTES = {
@@ -186,14 +190,14 @@ def prune_artifact(
             "accuracy": _accuracy(model, recipe),
         }
         progress("saving")
-        _save_program(model, recipe, feeds, stage / PROGRAM)
+        saved = _save_model(model, teacher, recipe, feeds, stage)
         (stage / RECIPE).write_text(yaml.safe_dump(derived_recipe(recipe, cfg), sort_keys=False))
         from mmedge.rundir import atomic_write_json
 
         atomic_write_json(stage / REPORT, report)
         manifest = write_manifest(
             stage,
-            [stage / PROGRAM, stage / RECIPE, stage / REPORT],
+            [*saved, stage / RECIPE, stage / REPORT],
             {
                 "identity": identity,
                 "target": "pytorch",
@@ -219,6 +223,26 @@ def _prune_sha(recipe: Recipe) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _save_model(
+    model: nn.Module, teacher: nn.Module, recipe: Recipe, feeds: dict[str, Any], stage: Path
+) -> list[Path]:
+    """Weights + changed widths for a factory's model; a program for a program."""
+    if recipe.model.factory is None:
+        _save_program(model, recipe, feeds, stage / PROGRAM)
+        return [stage / PROGRAM]
+    from safetensors.torch import save_file
+
+    from mmedge.reshape import save_shapes
+
+    # Cloned: safetensors refuses tensors that share storage (tied weights).
+    save_file(
+        {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
+        str(stage / WEIGHTS),
+    )
+    save_shapes(model, teacher, stage / SHAPES)
+    return [stage / WEIGHTS, stage / SHAPES]
+
+
 def _save_program(model: nn.Module, recipe: Recipe, feeds: dict[str, Any], path: Path) -> None:
     import torch
 
@@ -233,7 +257,10 @@ def derived_recipe(recipe: Recipe, cfg: PruneConfig) -> dict[str, Any]:
     # None values stay: some mean "not checked" (compare gates), not "use the default".
     raw = recipe.model_dump(mode="json", exclude={"prune"})
     raw["name"] = f"{recipe.name}-pruned"
-    raw["model"] = {"path": PROGRAM}
+    if recipe.model.factory is None:
+        raw["model"] = {"path": PROGRAM}
+    else:
+        raw["model"] = {**raw["model"], "weights": WEIGHTS, "shapes": SHAPES}
     if cfg.sparsity.mode == "2:4":
         raw["targets"]["tensorrt"]["sparse_weights"] = True
     return raw

@@ -87,6 +87,9 @@ class ModelSource(_Strict):
     # Folders searched first for the factory's module (relative to the recipe). Default: the
     # recipe's own folder when the module's file lies there (a model.py beside recipe.yaml).
     import_path: list[Path] = Field(default_factory=list)
+    # Layer widths that differ from what the factory builds (written by `mmedge prune`): applied
+    # before the weights load, so a pruned model keeps its class and exports like the original.
+    shapes: Path | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -103,6 +106,8 @@ class ModelSource(_Strict):
                 raise ValueError(
                     f"weights must be .safetensors, .pt or .pth, got {self.weights.name!r}"
                 )
+        if self.shapes is not None and self.weights is None:
+            raise ValueError("'shapes' goes with 'factory' and 'weights'")
         if self.path is not None and self.path.suffix not in {".pt2", ".onnx"}:
             raise ValueError(
                 f"path must be a torch.export .pt2 or an .onnx, got {self.path.name!r}"
@@ -357,12 +362,16 @@ class RecoverConfig(_Strict):
 
     mode: Literal["distill", "finetune", "none"] = "distill"
     epochs: PosInt = 12
-    lr: Annotated[float, Field(gt=0)] = 3e-3  # peak; decays along a cosine
+    # Peak, decaying along a cosine. The default suits pretrained weights (seen: 3e-3 over a
+    # pretrained MiniLM collapsed a model to one class); a small model trained from scratch,
+    # as the reference, recovers faster at 3e-3 and says so in its recipe.
+    lr: Annotated[float, Field(gt=0)] = 1e-4
     batch: PosInt = 32
     temperature: Annotated[float, Field(gt=0)] = 2.0
     # Weight of a per-branch MSE between student and teacher branch embeddings (branches whose
-    # output width pruning left unchanged); 0 turns it off.
-    feature_weight: Annotated[float, Field(ge=0)] = 0.0
+    # output width pruning left unchanged): it keeps each branch's embedding where the fusion
+    # head expects it. 0 turns it off.
+    feature_weight: Annotated[float, Field(ge=0)] = 1.0
     # Shards or a data factory to train on; None: the calibration set (distill). Finetuning
     # needs labels.
     data: Path | DataFactory | None = None
@@ -615,7 +624,13 @@ def _check_branches(recipe: Recipe) -> None:
 
 
 # Path-valued fields, resolved relative to the recipe file so recipes work from any CWD.
-_PATH_FIELDS = (("model", "weights"), ("model", "path"), ("calibration", "path"), ("eval", "path"))
+_PATH_FIELDS = (
+    ("model", "weights"),
+    ("model", "shapes"),
+    ("model", "path"),
+    ("calibration", "path"),
+    ("eval", "path"),
+)
 _NESTED_PATH_FIELDS = ((("targets", "tensorrt"), "timing_cache"), (("prune", "recover"), "data"))
 
 

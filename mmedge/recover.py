@@ -30,13 +30,26 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int, int, int, float], None]
 
 
+def _float_tensors(out: Any) -> list[Any]:
+    """The floating-point tensors in a module's output: a tensor, a tuple, or a mapping (a
+    transformers ModelOutput holds last_hidden_state, pooler_output...)."""
+    import torch
+
+    if isinstance(out, torch.Tensor):
+        return [out] if out.is_floating_point() else []
+    values = (
+        out.values() if isinstance(out, Mapping) else out if isinstance(out, tuple | list) else []
+    )
+    return [t for v in values for t in _float_tensors(v)]
+
+
 def branch_outputs(model: nn.Module, recipe: Recipe) -> tuple[dict[str, Any], list[Any]]:
-    """Forward hooks keeping each branch's output (module at its first prefix)."""
+    """Forward hooks keeping each branch's output tensors (module at its first prefix)."""
     modules = dict(model.named_modules())
     captured: dict[str, Any] = {}
     hooks = [
         modules[prefixes[0]].register_forward_hook(
-            lambda _m, _i, out, b=branch: captured.__setitem__(b, out)
+            lambda _m, _i, out, b=branch: captured.__setitem__(b, _float_tensors(out))
         )
         for branch, prefixes in recipe.branches.items()
         if prefixes[0] in modules
@@ -110,10 +123,16 @@ def recover(
                     * temp**2
                 )
                 if cfg.feature_weight > 0:
-                    for branch, s_out in s_feats.items():
-                        t_out = t_feats.get(branch)
-                        if t_out is not None and t_out.shape == s_out.shape:
-                            loss = loss + cfg.feature_weight * F.mse_loss(s_out, t_out)
+                    for branch, s_outs in s_feats.items():
+                        t_outs = t_feats.get(branch, [])
+                        pairs = [
+                            (s, t)
+                            for s, t in zip(s_outs, t_outs, strict=False)
+                            if s.shape == t.shape
+                        ]
+                        if pairs and len(pairs) == len(s_outs) == len(t_outs):
+                            mse = sum(F.mse_loss(s, t) for s, t in pairs) / len(pairs)
+                            loss = loss + cfg.feature_weight * mse
                             matched.add(branch)
                 if cfg.mode == "finetune":
                     assert batch.labels is not None
@@ -203,12 +222,14 @@ def _logits(model: nn.Module, held: list[dict[str, np.ndarray]]) -> np.ndarray:
 
 
 def _collapsed(student: nn.Module, teacher: nn.Module, held: list[dict[str, np.ndarray]]) -> bool:
-    """One class for every sample where the teacher tells several apart, or outputs that
-    barely move with the inputs (their spread across samples under 1% of the teacher's)."""
+    """Outputs that barely move with the inputs (their spread across samples under 1% of the
+    teacher's), or one class for every sample where the teacher tells several apart and the
+    spread fell under a quarter of the teacher's (a random or barely trained model can give one
+    class with lively outputs: not a collapse)."""
     s, t = _logits(student, held), _logits(teacher, held)
+    spread = float(s.std(axis=0).mean()) / max(float(t.std(axis=0).mean()), 1e-12)
     one_class = len(np.unique(s.argmax(-1))) == 1 < len(np.unique(t.argmax(-1)))
-    flat = float(s.std(axis=0).mean()) < 0.01 * float(t.std(axis=0).mean())
-    return one_class or flat
+    return spread < 0.01 or (one_class and spread < 0.25)
 
 
 def _held_out_kl(

@@ -41,7 +41,9 @@ def macs_by_module(model: nn.Module, feeds: Mapping[str, np.ndarray]) -> dict[st
     from torch.utils.flop_counter import FlopCounterMode
 
     tensors = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+    # no_grad, not inference_mode: FlopCounterMode cannot hook weight-norm parametrizations
+    # (wav2vec2, HuBERT) under inference mode.
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(*ordered_args(model, tensors))
     inclusive: dict[str, int] = {}
     for key, ops in counter.get_flop_counts().items():

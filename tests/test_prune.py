@@ -161,7 +161,7 @@ def test_prune_then_export_quantize_and_compare(tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.stderr
     out = tmp_path / "pruned"
-    assert {"pruned.pt2", "recipe.yaml", "report.json", "manifest.json"} <= {
+    assert {"pruned.safetensors", "pruned-shapes.json", "recipe.yaml", "report.json"} <= {
         p.name for p in out.iterdir()
     }
     report = json.loads((out / "report.json").read_text())
@@ -184,7 +184,11 @@ def test_prune_then_export_quantize_and_compare(tmp_path: Path) -> None:
     }
     assert report["recovery"]["steps"] == 4 and "2:4" in report["sparsity"]["note"]
     derived = yaml.safe_load((out / "recipe.yaml").read_text())
-    assert derived["model"] == {"path": "pruned.pt2"} and "prune" not in derived
+    assert derived["model"]["factory"] == "tests.models:tiny_fusion" and "prune" not in derived
+    assert (derived["model"]["weights"], derived["model"]["shapes"]) == (
+        "pruned.safetensors",
+        "pruned-shapes.json",
+    )
     assert derived["targets"]["tensorrt"]["sparse_weights"] is True
 
     for target, precision in (("onnxruntime", "int8"), ("openvino", "fp32"), ("tensorrt", "int8")):
@@ -313,7 +317,7 @@ def test_what_cannot_be_pruned_is_left_whole_and_reported(
     assert after["audio"]["params"] < before["audio"]["params"], "the rest is pruned"
 
 
-def test_a_pruned_program_with_a_recipe_whose_inputs_differ(tmp_path: Path) -> None:
+def test_a_pruned_model_with_a_recipe_whose_inputs_differ(tmp_path: Path) -> None:
     assert _prune_cli(tmp_path, {}, "--ratio", "0.5").exit_code == 0
     derived = yaml.safe_load((tmp_path / "pruned" / "recipe.yaml").read_text())
     derived["inputs"]["image"]["shape"] = ["batch", 3, 8, 8]
@@ -321,11 +325,9 @@ def test_a_pruned_program_with_a_recipe_whose_inputs_differ(tmp_path: Path) -> N
     other = tmp_path / "pruned" / "other.yaml"
     other.write_text(yaml.safe_dump(derived))
     result = runner.invoke(app, ["export", str(other), "-o", str(tmp_path / "x")])
-    assert result.exit_code == 4, result.stderr
-    assert (
-        "pruned.pt2 takes input 'image' of shape ['?', 1, 8, 8] (float32); the recipe declares ['batch', 3, 8, 8]"
-        in result.stderr
-    )
+    # The pruned model is the factory's class again: the export names the layer that refuses.
+    assert result.exit_code == 6, result.stderr
+    assert "expected input[2, 3, 8, 8] to have 1 channels" in result.stderr
 
 
 @pytest.mark.slow

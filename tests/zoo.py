@@ -14,7 +14,7 @@ lives under ``head``.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -476,7 +476,6 @@ class ZooEntry:
     axes: dict[str, dict[str, int]]
     branches: dict[str, list[str]]
     notes: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)  # more recipe fields (dotted keys)
 
 
 BATCH = {"min": 1, "opt": 1, "max": 4}
@@ -512,8 +511,9 @@ ZOO: dict[str, ZooEntry] = {
         },
         axes={"batch": BATCH, "seq": SEQ},
         branches={"text": ["text_encoder"], "image": ["image_encoder"], "fusion": ["head"]},
-        notes="BertModel (3 int64 inputs, extended attention mask, pooler tanh) and ViTModel "
-        "(patch conv, CLS token, pooler); concat + MLP",
+        notes="BertModel (three int64 inputs, SDPA attention with a padding mask, tanh "
+        "pooler) and ViTModel (patch Conv2d, CLS token and positions as bare Parameters, "
+        "pooler); concat + MLP",
     ),
     "distilbert_wav2vec2_gated": ZooEntry(
         factory="tests.zoo:distilbert_wav2vec2_gated",
@@ -524,10 +524,11 @@ ZOO: dict[str, ZooEntry] = {
         },
         axes={"batch": BATCH, "seq": SEQ, "samples": {"min": 160, "opt": 320, "max": 640}},
         branches={"text": ["text_encoder"], "audio": ["audio_encoder"], "fusion": ["head"]},
-        notes="DistilBertModel + masked mean; Wav2Vec2Model on raw waveform (strided Conv1d "
-        "feature encoder with GroupNorm, weight-normed grouped positional conv, dynamic "
-        "sample count); gated weighted sum (projections, softmax gates) of 16- and 24-wide "
-        "branches",
+        notes="DistilBertModel; Wav2Vec2Model on a raw waveform (strided Conv1d feature "
+        "encoder with GroupNorm, weight-norm parametrized grouped positional conv, dynamic "
+        "sample count); both branches end in token-level outputs (masked mean / mean pooling "
+        "happens in the top-level forward); gated weighted sum (projections, softmax gates) "
+        "of 16- and 24-wide branches",
     ),
     "clip_whisper_crossattn": ZooEntry(
         factory="tests.zoo:clip_whisper_crossattn",
@@ -537,10 +538,10 @@ ZOO: dict[str, ZooEntry] = {
         },
         axes={"batch": BATCH},
         branches={"image": ["image_encoder"], "audio": ["audio_encoder"], "fusion": ["head"]},
-        notes="CLIPVisionModel (pre-LN, quick_gelu, class embedding as bare Parameter); "
-        "WhisperEncoder (Conv1d stem, fixed frame count, sinusoidal positions); deep fusion: "
-        "nn.MultiheadAttention with kdim/vdim != embed_dim (image tokens attend to audio "
-        "tokens); only the batch axis is dynamic",
+        notes="CLIPVisionModel (pre-LN, quick_gelu, class embedding as a bare Parameter); "
+        "WhisperEncoder (Conv1d stem, fixed frame count, frozen sinusoidal positions); deep "
+        "fusion: nn.MultiheadAttention with kdim/vdim != embed_dim (image tokens attend to "
+        "audio tokens); only the batch axis is dynamic",
     ),
     "resnet_gru_concat": ZooEntry(
         factory="tests.zoo:resnet_gru_concat",
@@ -582,9 +583,9 @@ ZOO: dict[str, ZooEntry] = {
         inputs={"pixel_values": _image(3, 64, 64), "input_ids": _ids(), "attention_mask": _mask()},
         axes={"batch": BATCH, "seq": SEQ},
         branches={"image": ["image_encoder"], "text": ["text_encoder"], "fusion": ["head"]},
-        notes="LevitModel (hard-swish, BatchNorm-fused linears, attention biases indexed by "
-        "position and cached per device in eval mode, subsample attention); Embedding + "
-        "masked mean; concat",
+        notes="LevitModel (hard-swish, Linear+BatchNorm1d pairs, attention biases gathered "
+        "by a position-index buffer and cached per device in eval mode, subsample attention "
+        "between 3 stages); Embedding + masked mean; concat",
     ),
 }
 
@@ -599,6 +600,9 @@ _BASE: dict[str, Any] = {
     # Random weights and labels: the gate checks numerics only (as the tiny recipe).
     "compare": {"min_cosine": 0.9, "max_accuracy_drop": None, "min_top1_agreement": None},
     "bench": {"warmup": 2, "iterations": 10, "threads": 1},
+    # Tiny widths (8-64): channels kept in multiples of 2, not the default 8 that suits real
+    # widths, or most layers would be too narrow to prune and the matrix would test little.
+    "prune": {"round_to": 2},
 }
 
 
@@ -631,7 +635,7 @@ def _feeds(raw: dict[str, Any], n: int, sizes: dict[str, int], seed: int) -> dic
             feeds[name] = rng.integers(int(low), int(high), size=shape).astype(dtype)
     masks = [v for k, v in feeds.items() if "mask" in k]
     if masks:
-        for name, spec in raw["inputs"].items():
+        for name in raw["inputs"]:
             if name.endswith("input_ids") and feeds[name].shape == masks[0].shape:
                 feeds[name] = feeds[name] * masks[0]
     return feeds
@@ -662,7 +666,7 @@ def zoo_raw(name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         **copy.deepcopy(_BASE),
         "branches": copy.deepcopy(entry.branches),
     }
-    return _apply(raw, {**entry.extra, **(extra or {})})
+    return _apply(raw, extra or {})
 
 
 def _apply(raw: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:

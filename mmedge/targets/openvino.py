@@ -276,10 +276,22 @@ def convert(onnx_path: Path) -> Any:
             return stable_names(ov.convert_model(str(onnx_path)))
         except Exception as err:  # the converter raises its own Error and RuntimeError types
             log = write_log("openvino-convert", "\n".join([*logged, traceback.format_exc()]))
+            failed = _FAILED_OP.findall(str(err))  # "Conversion failed for AveragePool-18"
+            checks = [c for c in _CHECK.findall(str(err)) if c != "false"]
+            what = (
+                f"conversion failed for {', '.join(dict.fromkeys(failed))}"
+                + (f" (its check '{checks[0]}' failed)" if checks else "")
+                if failed
+                else f"{type(err).__name__}: {err}"
+            )
             raise TargetBuildError(
-                f"OpenVINO cannot convert the ONNX model: {type(err).__name__}: {err}"[:600],
-                hint=f"full log: {log}",
+                f"OpenVINO cannot convert the ONNX model: {what}"[:600],
+                hint=f"the converter's report: {log}",
             ) from None
+
+
+_FAILED_OP = re.compile(r"Conversion failed for ([A-Za-z]+-\d+)")
+_CHECK = re.compile(r"Check '([^']+)' failed")
 
 
 _GENERATED = re.compile(r"[A-Za-z]+_\d+")
