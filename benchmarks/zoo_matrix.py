@@ -92,9 +92,7 @@ class Matrix:
         w, recipe = self.work, self.recipe
         self.invoke("inspect", "inspect", recipe)
         self.invoke("export torchscript", "export", recipe, "-o", w / "fp32", "--json")
-        self.invoke(
-            "export dynamo", "export", recipe, "-o", w / "dynamo", "--exporter", "dynamo"
-        )
+        self.invoke("export dynamo", "export", recipe, "-o", w / "dynamo", "--exporter", "dynamo")
         if self.passed("export torchscript"):
             self._compare("ort fp32 compare", w / "fp32")
             self.invoke("bench", "bench", w / "fp32", "--json")
@@ -122,6 +120,8 @@ class Matrix:
                 *("prune", recipe, "--ratio", ratio, "--recover", "distill", "--epochs", "1"),
                 *("-o", w / f"pruned-{ratio}", "--json"),
             )
+            if self.passed(f"prune {ratio}"):
+                self.cells[f"prune {ratio}"].detail = _pruned(w / f"pruned-{ratio}")
         if self.passed("prune 0.5"):
             pruned = w / "pruned-0.5" / "recipe.yaml"
             self.invoke("pruned export", "export", pruned, "-o", w / "pruned-fp32")
@@ -146,11 +146,28 @@ class Matrix:
                 pass
 
 
+def _pruned(directory: Path) -> str:
+    """What pruning did: parameters kept, layers left whole, branches pruned on their own."""
+    report = json.loads((directory / "report.json").read_text())
+    before, after = report["before"]["stats"]["total"], report["after"]["stats"]["total"]
+    structured = report["structured"]
+    whole = structured.get("left_whole", {})
+    whole_branches = [k for k, v in whole.items() if "left whole:" in v and "branch '" in v]
+    parts = [f"params {after['params'] / before['params']:.0%} kept"]
+    if whole:
+        parts.append(f"{len(whole)} left whole")
+    if structured.get("by_branch"):
+        parts.append("each branch on its own graph")
+    if whole_branches:
+        parts.append(f"whole: {', '.join(whole_branches)}")
+    return "; ".join(parts)
+
+
 def run_matrix(names: list[str], root: Path) -> dict[str, dict[str, Cell]]:
     return {name: Matrix(name, root / name).run() for name in names}
 
 
-SYMBOL = {"pass": "✓", "gate": "✓ (gate)", "rules": "✓ (rules)", "fail": "✗", "skipped": "–"}
+SYMBOL = {"pass": "✓", "gate": "✓ (gate)", "rules": "✓ (rules)", "fail": "✗", "skipped": "-"}
 
 
 def markdown(found: dict[str, dict[str, Cell]]) -> str:
@@ -161,7 +178,7 @@ def markdown(found: dict[str, dict[str, Cell]]) -> str:
         f"- **{name} / {cell}**: {c.status}: {c.detail}"
         for name, cells in found.items()
         for cell, c in cells.items()
-        if c.status in {"fail", "skipped", "rules"} or (c.status == "gate")
+        if c.status in {"fail", "skipped", "rules", "gate"} or cell.startswith("prune")
     ]
     return (
         table(["entry", *CELLS], rows)

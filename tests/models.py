@@ -286,3 +286,24 @@ class FragileFusion(nn.Module):
 def fragile_fusion() -> FragileFusion:
     torch.manual_seed(0)
     return FragileFusion()
+
+
+class ChannelLastAudio(nn.Module):
+    """An audio CNN whose output is flattened channel-last straight into the fusion concat (the
+    audit's CREPE-style branch): Torch-Pruning maps the flatten as channel-first."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool1d(2)
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        x = self.pool(torch.relu(self.conv(audio)))
+        return x.permute(0, 2, 1).reshape(x.shape[0], -1)  # [b, 2 * 4]: time-major
+
+
+def channel_last_audio() -> FusionNet:
+    torch.manual_seed(0)
+    model = FusionNet(TINY)
+    model.audio_encoder = ChannelLastAudio()  # type: ignore[assignment]
+    return model

@@ -7,7 +7,6 @@ encoder destroyed it. The check must catch that and undo it; the defaults must n
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -65,7 +64,7 @@ def pruned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, ...]:
 
 
 def test_transformers_attention_loses_whole_heads(pruned: tuple[Any, ...]) -> None:
-    _, teacher, result = pruned
+    result = pruned[2]
     heads = result.heads["text_encoder.bert.encoder.layer.0.attention.self"]
     attention = result.model.text_encoder.bert.encoder.layer[0].attention.self
     assert heads[0] == 12 and heads[1] < 12

@@ -391,3 +391,20 @@ def test_a_model_that_cannot_be_pruned_fails_before_any_measurement(
     )
     assert result.exit_code == 6, result.stderr
     assert "with it pruned, the model fails in image_encoder.proj" in result.stderr
+
+
+def test_a_channel_last_flatten_leaks_into_no_other_branch(tmp_path: Path) -> None:
+    """The audit: with text at ratio 0, the text branch still lost channels through an audio
+    CNN's channel-last flatten into the fusion concat. Now that layer is left whole, said why."""
+    recipe = load_recipe(
+        write_recipe(tmp_path, {"model.factory": "tests.models:channel_last_audio"})
+    )
+    model = load_torch_model(recipe)
+    shapes = {k: v.shape for k, v in model.state_dict().items() if k.startswith("text_encoder")}
+    result = structured_prune(
+        model, FEEDS, recipe, PruneConfig(round_to=2, branches={"audio": 0.5})
+    )
+    pruned = result.model
+    assert {k: v.shape for k, v in pruned.state_dict().items() if k in shapes} == shapes
+    assert "channel-last" in result.left_whole["audio_encoder.conv"]
+    assert pruned(**FEEDS).shape == model(**FEEDS).shape
