@@ -41,12 +41,12 @@ CELLS = (
     "pruned compare",
     "bench",
 )
-PASSING = {"pass", "gate", "rules"}
+PASSING = {"pass", "gate", "rules", "partial"}
 
 
 @dataclass
 class Cell:
-    status: str  # pass | gate | rules | fail | skipped
+    status: str  # pass | gate | rules | partial (a branch left whole) | fail | skipped
     seconds: float
     detail: str = ""  # the error's last line for a failure; what was measured otherwise
 
@@ -121,7 +121,9 @@ class Matrix:
                 *("-o", w / f"pruned-{ratio}", "--json"),
             )
             if self.passed(f"prune {ratio}"):
-                self.cells[f"prune {ratio}"].detail = _pruned(w / f"pruned-{ratio}")
+                cell = self.cells[f"prune {ratio}"]
+                cell.detail, whole = _pruned(w / f"pruned-{ratio}")
+                cell.status = "partial" if whole else cell.status
         if self.passed("prune 0.5"):
             pruned = w / "pruned-0.5" / "recipe.yaml"
             self.invoke("pruned export", "export", pruned, "-o", w / "pruned-fp32")
@@ -138,16 +140,16 @@ class Matrix:
         result = self.invoke(cell, "compare", artifact, "--json", ok={7: "gate"})
         if self.cells[cell].status in PASSING:
             try:
-                found = json.loads(result.stdout)
-                cosine = found.get("metrics", found).get("cosine")
-                if cosine is not None:
-                    self.cells[cell].detail = f"cosine {float(cosine):.4f}"
-            except (ValueError, AttributeError):
+                outputs = json.loads(result.stdout)["outputs"]
+                cosine = min(float(o["cosine"]) for o in outputs.values())
+                self.cells[cell].detail = f"cosine {cosine:.4f}"
+            except (ValueError, KeyError, TypeError):
                 pass
 
 
-def _pruned(directory: Path) -> str:
-    """What pruning did: parameters kept, layers left whole, branches pruned on their own."""
+def _pruned(directory: Path) -> tuple[str, bool]:
+    """What pruning did (parameters kept, layers left whole, branches pruned on their own
+    graphs), and whether a whole branch was left unpruned."""
     report = json.loads((directory / "report.json").read_text())
     before, after = report["before"]["stats"]["total"], report["after"]["stats"]["total"]
     structured = report["structured"]
@@ -159,15 +161,22 @@ def _pruned(directory: Path) -> str:
     if structured.get("by_branch"):
         parts.append("each branch on its own graph")
     if whole_branches:
-        parts.append(f"whole: {', '.join(whole_branches)}")
-    return "; ".join(parts)
+        parts.append(f"left whole: {', '.join(whole_branches)}")
+    return "; ".join(parts), bool(whole_branches)
 
 
 def run_matrix(names: list[str], root: Path) -> dict[str, dict[str, Cell]]:
     return {name: Matrix(name, root / name).run() for name in names}
 
 
-SYMBOL = {"pass": "✓", "gate": "✓ (gate)", "rules": "✓ (rules)", "fail": "✗", "skipped": "-"}
+SYMBOL = {
+    "pass": "✓",
+    "gate": "✓ (gate)",
+    "rules": "✓ (rules)",
+    "partial": "✓ (a branch whole)",
+    "fail": "✗",
+    "skipped": "-",
+}
 
 
 def markdown(found: dict[str, dict[str, Cell]]) -> str:
@@ -178,7 +187,7 @@ def markdown(found: dict[str, dict[str, Cell]]) -> str:
         f"- **{name} / {cell}**: {c.status}: {c.detail}"
         for name, cells in found.items()
         for cell, c in cells.items()
-        if c.status in {"fail", "skipped", "rules", "gate"} or cell.startswith("prune")
+        if c.status in {"fail", "skipped", "rules", "gate"} or cell.startswith("prune ")
     ]
     return (
         table(["entry", *CELLS], rows)

@@ -322,6 +322,12 @@ def compare(
         "--eval",
         help="Compare on these shards instead of the recipe's eval set (no rebuild).",
     ),
+    recipe_path: Path | None = typer.Option(
+        None,
+        "--recipe",
+        help="Take the eval set and compare gate from this recipe (same model) instead of the "
+        "one frozen in the artifact (no rebuild).",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
     """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails. A pruned
@@ -330,7 +336,9 @@ def compare(
 
     with console.status(not as_json) as progress:
         progress("comparing")
-        report = compare_artifact(directory, reference, samples, device, eval_path=eval_path)
+        report = compare_artifact(
+            directory, reference, samples, device, eval_path=eval_path, recipe_path=recipe_path
+        )
     data = {**report.to_json(), "reference": str(reference or "pytorch-fp32")}
     console.print_json(data) if as_json else console.compare(data)
     enforce_gate(report, directory)
@@ -407,7 +415,9 @@ def prune(
     ),
     force: bool = typer.Option(False, "--force", help="Replace a different result at --out."),
     strict: bool = typer.Option(
-        False, "--strict", help="Fail when a layer cannot be pruned safely (default: leave it whole)."
+        False,
+        "--strict",
+        help="Fail when a layer cannot be pruned safely (default: leave it whole).",
     ),
     as_json: bool = JsonOpt,
 ) -> None:

@@ -214,6 +214,7 @@ def compare_artifact(
     device: str | None = None,
     parity: bool = True,
     eval_path: Path | None = None,
+    recipe_path: Path | None = None,
 ) -> CompareReport:
     """Compare with the reference on the recipe's data; save compare.json beside the artifact.
 
@@ -222,6 +223,8 @@ def compare_artifact(
     of recipes with branches), to say which branch to blame when the gate fails.
     """
     manifest, recipe, artifact = open_artifact(directory)
+    if recipe_path is not None:  # the gate and eval set of an edited recipe, without a rebuild
+        recipe = _with_recipe(recipe, recipe_path)
     if eval_path is not None:  # the frozen recipe's data, replaced without a rebuild
         recipe = _with_eval(recipe, eval_path)
     config = SessionConfig(threads=recipe.bench.threads)
@@ -280,6 +283,25 @@ def save_beside(directory: Path, name: str, data: dict[str, Any]) -> list[str]:
         why = f"{found.message}; {found.hint}" if found else f"{type(err).__name__}: {err}"
         return [f"{name} was not saved in {directory}: {why}"]
     return []
+
+
+_SAME_MODEL = ("model", "inputs", "axes", "outputs", "branches")
+
+
+def _with_recipe(frozen: Recipe, path: Path) -> Recipe:
+    """The artifact's recipe with the eval set, compare gate and eval settings of ``path``,
+    which must describe the same model (else the artifact would be judged as another one)."""
+    from mmedge.recipe import load_recipe
+
+    edited = load_recipe(path)
+    for field in _SAME_MODEL:
+        if getattr(edited, field) != getattr(frozen, field):
+            raise RecipeError(
+                f"--recipe {path}: its '{field}' differs from the recipe the artifact was built "
+                "from, so it describes another model",
+                hint="rebuild the artifact from this recipe (export / quantize), or give --eval",
+            )
+    return frozen.model_copy(update={"eval": edited.eval, "compare": edited.compare})
 
 
 def _with_eval(recipe: Recipe, path: Path) -> Recipe:

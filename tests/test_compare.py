@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,3 +188,30 @@ def test_pytorch_reference_outputs_are_cached(
     assert second.to_json()["outputs"] == first.to_json()["outputs"]
     with pytest.raises(AssertionError, match="was loaded"):
         compare_artifact(tmp_path / "a", parity=False, samples=5)  # other batches: a miss
+
+
+def test_compare_takes_the_gate_and_eval_set_of_an_edited_recipe(
+    built: Any, tmp_path: Path
+) -> None:
+    """`compare --recipe`: a fixed gate or eval path needs no rebuild; a recipe for another
+    model is refused (it would judge this artifact as someone else's)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from mmedge.cli import app
+
+    runner = CliRunner()
+    raw = yaml.safe_load(built.recipe.read_text())
+    raw["compare"]["min_cosine"] = 0.999999999  # stricter than INT8 can meet
+    for key in ("calibration", "eval"):  # resolved against the new recipe's folder
+        raw[key]["path"] = str(built.recipe.parent / raw[key]["path"])
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["compare", str(built.int8), "--recipe", str(edited)])
+    assert result.exit_code == 7 and "min_cosine 0.999999999" in result.stderr, result.stderr
+
+    raw["model"]["factory"] = "tests.models:tiny_mha"
+    edited.write_text(yaml.safe_dump(raw))
+    result = runner.invoke(app, ["compare", str(built.int8), "--recipe", str(edited)])
+    assert result.exit_code == 3, result.stderr
+    assert "its 'model' differs from the recipe the artifact was built from" in result.stderr

@@ -54,3 +54,14 @@ def test_every_mmedge_command_in_the_readme_runs(
             args = [*args, "--epochs", "1"]
         result = runner.invoke(app, args)
         assert result.exit_code == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
+
+
+def test_the_zoo_table_is_the_recorded_matrix() -> None:
+    """The README's zoo matrix is the one `python -m benchmarks.zoo_matrix` recorded, and it
+    lists every zoo entry (a new entry without a recorded row fails here)."""
+    from tests.zoo import ZOO
+
+    recorded = (REPO / "benchmarks" / "results" / "zoo_matrix.md").read_text()
+    rows = [line for line in recorded.splitlines() if line.startswith("| ")]
+    assert rows and all(row in README for row in rows)
+    assert {row.split("|")[1].strip() for row in rows[1:]} == set(ZOO)

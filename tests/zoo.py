@@ -590,6 +590,63 @@ ZOO: dict[str, ZooEntry] = {
 }
 
 
+# ----------------------------------------------------------------------------- realistic sizes
+
+
+class BertBaseResnet18(nn.Module):
+    """BERT-base width (768 wide, 12 heads, 3072 FFN; 4 of its 12 layers, to fit a 2-core
+    machine's benchmark time) and ResNet-18 at 224x224, concatenated: what the pruning
+    benchmark times (benchmarks/prune_real.py). Random weights: speed, not accuracy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertModel, ResNetConfig, ResNetModel
+
+        self.text_encoder = BertModel(
+            BertConfig(num_hidden_layers=4, max_position_embeddings=128), add_pooling_layer=False
+        )
+        self.image_encoder = ResNetModel(
+            ResNetConfig(
+                embedding_size=64,
+                hidden_sizes=[64, 128, 256, 512],
+                depths=[2, 2, 2, 2],
+                layer_type="basic",
+                hidden_act="relu",
+            )
+        )
+        self.head = ConcatHead([768, 512], hidden=256)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor
+    ) -> torch.Tensor:
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask)
+        text = _masked_mean(hidden.last_hidden_state, attention_mask)
+        image = self.image_encoder(pixel_values=pixel_values).pooler_output.flatten(1)
+        return self.head(text, image)
+
+
+def bert_base_resnet18() -> nn.Module:
+    torch.manual_seed(0)
+    return BertBaseResnet18().eval()
+
+
+# Realistic sizes: not in the CI matrix (seconds per call, not milliseconds); the benchmarks
+# run them (benchmarks/prune_real.py).
+REALISTIC: dict[str, ZooEntry] = {
+    "bert_base_resnet18": ZooEntry(
+        factory="tests.zoo:bert_base_resnet18",
+        inputs={
+            "input_ids": {**_ids(), "range": [0, 30522]},
+            "attention_mask": _mask(),
+            "pixel_values": _image(3, 224, 224),
+        },
+        axes={"batch": {"min": 1, "opt": 1, "max": 8}, "seq": {"min": 16, "opt": 64, "max": 128}},
+        branches={"text": ["text_encoder"], "image": ["image_encoder"], "fusion": ["head"]},
+        notes="BertModel at BERT-base width (4 layers) and ResNet-18 at 224x224; concat",
+    ),
+}
+
+
 # ----------------------------------------------------------------------------- recipes and data
 
 _BASE: dict[str, Any] = {
@@ -656,7 +713,7 @@ def _write_shards(
 
 def zoo_raw(name: str, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The entry's recipe as a mapping; ``extra`` maps dotted keys to values (None deletes)."""
-    entry = ZOO[name]
+    entry = {**ZOO, **REALISTIC}[name]
     raw: dict[str, Any] = {
         "name": name,
         "description": entry.notes,
