@@ -241,10 +241,11 @@ def structured_prune(
     collect gradients when ``cfg.importance`` is 'taylor'.
 
     A layer Torch-Pruning cannot follow safely is left whole and the rest is pruned: layers
-    whose channels reach a flatten through a permute (a channel-last flatten), layers feeding a
-    module Torch-Pruning has no rule for (GRU, RNN), groups that would narrow a branch whose
-    ratio is 0, and, found by running the pruned model, the layers feeding the module that
-    fails (then pruning starts again from the original). ``strict`` makes any of these an error.
+    whose channels reach a flatten through a permute (a channel-last flatten), groups that would
+    narrow a branch whose ratio is 0 or a model output, layers a ratio would empty, recurrent
+    layers' hidden widths, and, found by running the pruned model, the layers feeding the
+    module that fails (then pruning starts again from the original). A model Torch-Pruning
+    cannot trace whole is pruned branch by branch. ``cfg.strict`` makes any of these an error.
     """
     require("torch_pruning", "pruning")
     modules = dict(model.named_modules())
@@ -503,7 +504,8 @@ def _recurrent_pruner() -> Any:
             return layer
 
         def prune_out_channels(self, layer: Any, idxs: list[int]) -> Any:
-            raise NotImplementedError("the hidden width of a recurrent layer is left whole")
+            # Never called: recurrent layers are ignored roots, so no group narrows their output.
+            raise RuntimeError("the hidden width of a recurrent layer is left whole")
 
         def get_out_channels(self, layer: Any) -> int:
             return int(layer.hidden_size) * (2 if layer.bidirectional else 1)

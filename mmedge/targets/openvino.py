@@ -286,7 +286,7 @@ def convert(onnx_path: Path) -> Any:
             )
             raise TargetBuildError(
                 f"OpenVINO cannot convert the ONNX model: {what}"[:600],
-                hint=f"the converter's report: {log}",
+                hint=f"full log: {log}",
             ) from None
 
 
