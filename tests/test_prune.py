@@ -176,12 +176,13 @@ def test_prune_then_export_quantize_and_compare(tmp_path: Path) -> None:
         after["image"]["params"] < before["image"]["params"]
         and after["total"]["macs"] < before["total"]["macs"]
     )
-    assert set(report["before"]["onnxruntime_fp32"]["branch_ms"]) >= {
-        "image",
-        "text",
-        "audio",
-        "fusion",
-    }
+    for when in ("before", "after"):  # module names survive pruning: time stays attributed
+        assert set(report[when]["onnxruntime_fp32"]["branch_ms"]) >= {
+            "image",
+            "text",
+            "audio",
+            "fusion",
+        }
     assert report["recovery"]["steps"] == 4 and "2:4" in report["sparsity"]["note"]
     derived = yaml.safe_load((out / "recipe.yaml").read_text())
     assert derived["model"]["factory"] == "tests.models:tiny_fusion" and "prune" not in derived
@@ -209,6 +210,10 @@ def test_prune_then_export_quantize_and_compare(tmp_path: Path) -> None:
             ],
         )
         assert built.exit_code == 0, (target, built.stderr)
+        manifest = json.loads((artifact / "manifest.json").read_text())
+        # The audit: the pruned model went through the dynamo exporter while the original went
+        # through TorchScript (fusions lost, 1.2-1.3x slower). Now it is the same class and path.
+        assert manifest["steps"]["export"]["exporter"] == "torchscript"
         if target != "tensorrt":
             compared = runner.invoke(app, ["compare", str(artifact), "--json"])
             assert compared.exit_code == 0, compared.stderr  # against the pruned PyTorch model
