@@ -9,12 +9,13 @@ shows up here (and in the README) instead of going unnoticed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from benchmarks.zoo_matrix import CELLS, PASSING, Matrix
-from tests.zoo import ZOO
+from tests.zoo import REALISTIC, ZOO
 
 pytest.importorskip("transformers")
 pytest.importorskip("torch_pruning")
@@ -37,3 +38,15 @@ def test_every_command_works_on(name: str, tmp_path: Path) -> None:
     assert set(failed) == set(expected), failed
     for cell, why in expected.items():
         assert why in cells[cell].detail, (cell, cells[cell].detail)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("MMEDGE_REALISTIC"),
+    reason="realistic sizes take minutes per entry: MMEDGE_REALISTIC=1 runs them",
+)
+@pytest.mark.parametrize("name", list(REALISTIC))
+def test_every_command_works_at_realistic_size(name: str, tmp_path: Path) -> None:
+    cells = Matrix(name, tmp_path).run()
+    failed = {c: f"{v.status}: {v.detail}" for c, v in cells.items() if v.status not in PASSING}
+    assert not failed, failed
