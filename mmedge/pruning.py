@@ -239,7 +239,7 @@ def _save_model(
         {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()},
         str(stage / WEIGHTS),
     )
-    save_shapes(model, teacher, stage / SHAPES)
+    save_shapes(model, teacher, stage / SHAPES, recipe.model.shapes)
     return [stage / WEIGHTS, stage / SHAPES]
 
 

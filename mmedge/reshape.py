@@ -53,14 +53,18 @@ def changed_shapes(pruned: nn.Module, original: nn.Module) -> dict[str, dict[str
     return changed
 
 
-def save_shapes(pruned: nn.Module, original: nn.Module, path: Path) -> None:
-    atomic_write_json(path, {"format": FORMAT, "modules": changed_shapes(pruned, original)})
+def save_shapes(
+    pruned: nn.Module, original: nn.Module, path: Path, base: Path | None = None
+) -> None:
+    """``base``: the shapes ``original`` was itself built with (a pruned model pruned again),
+    so the file still describes the change from what the factory builds."""
+    modules = _read(base) if base is not None else {}
+    for name, attrs in changed_shapes(pruned, original).items():
+        modules.setdefault(name, {}).update(attrs)
+    atomic_write_json(path, {"format": FORMAT, "modules": modules})
 
 
-def apply_shapes(model: nn.Module, path: Path, state: Mapping[str, Any]) -> None:
-    """Set the saved widths on ``model`` and size its tensors like ``state``'s."""
-    import torch
-
+def _read(path: Path) -> dict[str, dict[str, Any]]:
     try:
         saved = json.loads(path.read_text())
         modules = saved["modules"]
@@ -68,6 +72,14 @@ def apply_shapes(model: nn.Module, path: Path, state: Mapping[str, Any]) -> None
             raise ValueError(f"format is {saved.get('format')!r}, expected {FORMAT!r}")
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"cannot read layer shapes {path}: {err}") from None
+    return modules
+
+
+def apply_shapes(model: nn.Module, path: Path, state: Mapping[str, Any]) -> None:
+    """Set the saved widths on ``model`` and size its tensors like ``state``'s."""
+    import torch
+
+    modules = _read(path)
     named = dict(model.named_modules())
     for name, attrs in modules.items():
         if name not in named:

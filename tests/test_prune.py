@@ -413,3 +413,19 @@ def test_a_channel_last_flatten_leaks_into_no_other_branch(tmp_path: Path) -> No
     assert {k: v.shape for k, v in pruned.state_dict().items() if k in shapes} == shapes
     assert "channel-last" in result.left_whole["audio_encoder.conv"]
     assert pruned(**FEEDS).shape == model(**FEEDS).shape
+
+
+def test_a_pruned_model_pruned_again_still_loads(tmp_path: Path) -> None:
+    """The shapes file describes the change from what the factory builds, across prunes."""
+    assert _prune_cli(tmp_path, {}, "--ratio", "0.25").exit_code == 0
+    first = load_recipe(tmp_path / "pruned" / "recipe.yaml")
+    again = runner.invoke(
+        app,
+        ["prune", str(tmp_path / "pruned" / "recipe.yaml"), "--ratio", "0.25",
+         "--recover", "none", "-o", str(tmp_path / "again")],
+    )  # fmt: skip
+    assert again.exit_code == 0, again.stderr
+    twice = load_torch_model(load_recipe(tmp_path / "again" / "recipe.yaml"))
+    once = load_torch_model(first)
+    assert sum(p.numel() for p in twice.parameters()) < sum(p.numel() for p in once.parameters())
+    assert twice(**FEEDS).shape == (2, 5)
