@@ -33,42 +33,20 @@ def run(directory: Path) -> None:
 
 
 def record(directory: Path) -> None:
+    from mmedge.run.report import VARIANT_HEADERS, variant_rows
+
     report: dict[str, Any] = json.loads((directory / "report.json").read_text())
-    rows = []
-    for v in report["variants"]:
-        rows.append(
-            [
-                v["name"],
-                f"{v['bytes'] / 1e6:.1f}" if v.get("bytes") else "-",
-                f"{v['accuracy']:.2f}%" if v.get("accuracy") is not None else "-",
-                f"{v['top1_agreement']:.2%}" if v.get("top1_agreement") is not None else "-",
-                f"{v['cosine']:.4f}" if v.get("cosine") is not None else "-",
-                f"{v['p50_rounds_ms']:.2f}" if v.get("p50_rounds_ms") else "-",
-                f"{v['speedup']:.2f}x" if v.get("speedup") else "-",
-                v.get("most_affected") or "-",
-                _gate(v),
-            ]
-        )
+    # The run report's own variant rows, plus which branch INT8 hurt most and the gate.
+    rows = [
+        [*row, v.get("most_affected") or "-", _gate(v)]
+        for row, v in zip(variant_rows(report), report["variants"], strict=True)
+    ]
     text = (
         "`mmedge run recipes/pretrained.yaml`: agreement and cosine against PyTorch FP32 of the "
         "model each variant was built from (the pruned model for the pruned variants); accuracy "
         "on the recipe's eval split (256 samples); p50 and speed-up from the run's interleaved "
         "rounds against the unpruned ONNX Runtime FP32 model; TensorRT: bundle only (no "
-        "TensorRT here).\n\n"
-        + table(
-            [
-                "variant",
-                "MB",
-                "accuracy",
-                "top-1 agreement",
-                "cosine",
-                "p50 ms",
-                "speed-up",
-                "most affected branch",
-                "gate",
-            ],
-            rows,
-        )
+        "TensorRT here).\n\n" + table([*VARIANT_HEADERS, "most affected branch", "gate"], rows)
     )
     write_results("pretrained_run", {"report": report}, text)
     print(text)

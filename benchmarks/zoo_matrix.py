@@ -154,7 +154,13 @@ def _pruned(directory: Path) -> tuple[str, bool]:
     before, after = report["before"]["stats"]["total"], report["after"]["stats"]["total"]
     structured = report["structured"]
     whole = structured.get("left_whole", {})
-    whole_branches = [k for k, v in whole.items() if "left whole:" in v and "branch '" in v]
+    asked = report["config"]
+    # A branch asked to shrink whose applied ratio mmedge set to 0 (it could not prune it).
+    whole_branches = [
+        b
+        for b, ratio in structured["ratios"].items()
+        if ratio == 0 and asked["branches"].get(b, asked["ratio"]) > 0
+    ]
     parts = [f"params {after['params'] / before['params']:.0%} kept"]
     if whole:
         parts.append(f"{len(whole)} left whole")

@@ -125,13 +125,10 @@ def recover(
                 if cfg.feature_weight > 0:
                     for branch, s_outs in s_feats.items():
                         t_outs = t_feats.get(branch, [])
-                        pairs = [
-                            (s, t)
-                            for s, t in zip(s_outs, t_outs, strict=False)
-                            if s.shape == t.shape
-                        ]
-                        if pairs and len(pairs) == len(s_outs) == len(t_outs):
-                            mse = sum(F.mse_loss(s, t) for s, t in pairs) / len(pairs)
+                        shapes = [s.shape for s in s_outs]
+                        if s_outs and shapes == [t.shape for t in t_outs]:
+                            pairs = zip(s_outs, t_outs, strict=True)
+                            mse = sum(F.mse_loss(s, t) for s, t in pairs) / len(s_outs)
                             loss = loss + cfg.feature_weight * mse
                             matched.add(branch)
                 if cfg.mode == "finetune":

@@ -88,9 +88,20 @@ def apply_shapes(model: nn.Module, path: Path, state: Mapping[str, Any]) -> None
                 hint="the shapes were saved from another model (check model.factory/kwargs)",
             )
         module = named[name]
+        widths = _widths(module)
         for attr, value in attrs.items():
+            if attr not in widths or not isinstance(value, int | list):
+                raise ModelLoadError(
+                    f"{path.name}: {name}.{attr} = {value!r} is not a width of that module "
+                    f"(its widths: {', '.join(sorted(widths)) or 'none'})",
+                    hint="the shapes were saved from another model (check model.factory/kwargs)",
+                )
             old = getattr(module, attr, None)
-            setattr(module, attr, tuple(value) if isinstance(old, tuple) else value)
+            setattr(
+                module,
+                attr,
+                tuple(value) if isinstance(old, tuple) and isinstance(value, list) else value,
+            )
     for key, tensor in state.items():
         owner_name, _, leaf = key.rpartition(".")
         owner = named.get(owner_name)

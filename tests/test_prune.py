@@ -429,3 +429,15 @@ def test_a_pruned_model_pruned_again_still_loads(tmp_path: Path) -> None:
     once = load_torch_model(first)
     assert sum(p.numel() for p in twice.parameters()) < sum(p.numel() for p in once.parameters())
     assert twice(**FEEDS).shape == (2, 5)
+
+
+def test_a_shapes_file_that_names_no_width_is_refused(tmp_path: Path) -> None:
+    assert _prune_cli(tmp_path, {}, "--ratio", "0.25").exit_code == 0
+    shapes = tmp_path / "pruned" / "pruned-shapes.json"
+    saved = json.loads(shapes.read_text())
+    saved["modules"]["head.classifier"] = {"forward": 3}
+    shapes.write_text(json.dumps(saved))
+    result = runner.invoke(app, ["inspect", str(tmp_path / "pruned" / "recipe.yaml")])
+    assert result.exit_code == 8, result.stderr
+    assert "head.classifier.forward = 3 is not a width of that module" in result.stderr
+    assert "Traceback" not in result.stderr
