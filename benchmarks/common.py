@@ -11,14 +11,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmedge import markdown
 from mmedge.hardware import cpu_summary
 from mmedge.rundir import atomic_write_json, atomic_write_text, versions
+
+# The library's interleaved rounds (odd rounds reversed), re-exported for the scripts.
+from mmedge.timing import Interval, ratio_interval
+from mmedge.timing import interleaved as interleaved
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -42,32 +46,21 @@ def build(
     return build_artifact(recipe, target, precision, out, force=True)
 
 
-def interleaved(calls: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Run each call once per round, in turn, so drifts in machine load hit all of them alike.
-
-    Odd rounds run the calls in reverse order, so going first (warmer or colder caches, a
-    neighbour's burst) favours no one.
-    """
-    found: dict[str, list[float]] = {name: [] for name in calls}
-    names = list(calls)
-    for k in range(rounds):
-        for name in names if k % 2 == 0 else names[::-1]:
-            found[name].append(calls[name]())
-    return found
-
-
 def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
 def paired_ratio(numerator: list[float], denominator: list[float]) -> float:
-    """Median over rounds of the ratio of two figures measured back to back in each round.
+    """Median over rounds of the ratio of two figures measured back to back in each round
+    (``paired_interval`` gives its interval too)."""
+    return paired_interval(numerator, denominator).median
 
-    This machine's load changes between rounds (p50s flip between modes ~1.7x apart when a
+
+def paired_interval(numerator: list[float], denominator: list[float]) -> Interval:
+    """This machine's load changes between rounds (p50s flip between modes ~1.7x apart when a
     neighbour is busy), so medians taken per side can land on different modes; a ratio within a
-    round compares the two under the same conditions.
-    """
-    return median([a / b for a, b in zip(numerator, denominator, strict=True)])
+    round compares the two under the same conditions. The interval is a bootstrap over rounds."""
+    return ratio_interval(numerator, denominator)
 
 
 def p50_ms(samples_ms: np.ndarray) -> float:
@@ -96,9 +89,8 @@ def write_results(name: str, data: dict[str, Any], markdown: str) -> None:
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    """mmedge's own table renderer, ending with a newline for the records' Markdown."""
+    return markdown.table(headers, rows) + "\n"
 
 
 def fresh_process(cmd: list[str]) -> dict[str, Any]:

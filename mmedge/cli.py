@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 import click
 import typer
 from rich.markup import escape
+from typer.core import TyperCommand
 
 from mmedge import __version__, console
 from mmedge.errors import (
@@ -46,14 +47,83 @@ app = typer.Typer(
 )
 
 
-class TargetName(str, Enum):
-    onnxruntime = "onnxruntime"
-    openvino = "openvino"
-    tensorrt = "tensorrt"
+def _registered_target(value: str) -> str:
+    """--target is checked against the registry when the command runs, not when this module is
+    imported: a target registered by a plugin or a test is a valid choice."""
+    from mmedge.targets import target_names
+
+    names = target_names()
+    if value not in names:
+        raise typer.BadParameter(
+            f"{value!r} is not a registered target; choose from {', '.join(names)}"
+        )
+    return value
 
 
-class CheckTarget(str, Enum):
-    tensorrt = "tensorrt"
+def _target_option(help: str) -> Any:
+    return typer.Option(
+        "onnxruntime",
+        "--target",
+        "-t",
+        metavar="TARGET",
+        callback=_registered_target,
+        help=f"{help} One of the registered targets (listed below).",
+    )
+
+
+def _target_options_help() -> str:
+    """Each target's own settings, from its config model: what -O FIELD=VALUE takes."""
+    from mmedge.targets import specs
+
+    lines = ["Targets, and their options (-O FIELD=VALUE, or targets.TARGET.FIELD in a recipe):"]
+    for name, spec in specs().items():
+        lines.append(f"{name} ({', '.join(spec.precisions)}): {spec.summary}.")
+        fields = []
+        for field, info in spec.config.model_fields.items():
+            fields.append(f"{field}: {info.description}" if info.description else field)
+        lines.append(f"  {name} options: {'; '.join(fields)}.")
+    return escape("\n\n".join(lines))  # help is Rich markup: [default: ...] is text
+
+
+class _TargetOptionsCommand(TyperCommand):
+    """A command whose help ends with every registered target and its own options, read when
+    the help is shown (a plugin's target appears without editing this module)."""
+
+    @property
+    def epilog(self) -> str:
+        return f"{self._epilog}\n\n{_target_options_help()}".strip()
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        self._epilog = value or ""
+
+
+def _option_overrides(target: str, values: list[str] | None) -> dict[str, Any]:
+    """-O FIELD=VALUE (YAML values: 3, true, [a, b]) → targets.TARGET.FIELD, checked against
+    the target's config model with the rest of the recipe."""
+    import yaml
+
+    from mmedge.errors import RecipeError
+
+    found: dict[str, Any] = {}
+    for item in values or []:
+        field, sep, raw = item.partition("=")
+        if not sep or not field.strip():
+            raise RecipeError(f"-O takes FIELD=VALUE (e.g. -O device=GPU), got {item!r}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else raw
+        except yaml.YAMLError:
+            value = raw
+        found[f"targets.{target}.{field.strip()}"] = value
+    return found
+
+
+OptionOpt = typer.Option(
+    None,
+    "--option",
+    "-O",
+    help="FIELD=VALUE of the target's own settings (repeatable; listed below).",
+)
 
 
 class Precision(str, Enum):
@@ -170,7 +240,9 @@ IsaOpt = typer.Option(
     "x86-vnni, x86-amx, arm-neon, arm-dotprod, arm-i8mm (overrides quantization.isa).",
 )
 DeviceOpt = typer.Option(
-    None, help="OpenVINO device (CPU, GPU, NPU, AUTO...) [default: the recipe's]."
+    None,
+    help="Device, for targets that have several (OpenVINO: CPU, GPU, NPU, AUTO...) "
+    "[default: the recipe's].",
 )
 
 
@@ -209,6 +281,10 @@ def _quant_overrides(
     return found
 
 
+def _target_help(command: str) -> str:
+    return f"Target (registered: see `mmedge doctor`) [default: onnxruntime]; {command}"
+
+
 def _build(
     recipe_path: Path,
     target: str,
@@ -241,11 +317,11 @@ def inspect(recipe: Path = RecipeArg, as_json: bool = JsonOpt) -> None:
     console.print_json(data) if as_json else console.inspect(data)
 
 
-@app.command()
+@app.command(cls=_TargetOptionsCommand)
 @_handled
 def export(
     recipe: Path = RecipeArg,
-    target: TargetName = typer.Option(TargetName.onnxruntime, "--target", "-t"),
+    target: str = _target_option("Target to build for."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", "-p"),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/TARGET-PRECISION]"
@@ -257,20 +333,22 @@ def export(
         None, "--keep-fp32", help="Branch to leave in floating point (repeatable)."
     ),
     isa: str | None = IsaOpt,
+    option: list[str] | None = OptionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Export the recipe's model for a target at a precision."""
     overrides = _quant_overrides(calib, None, None, None, keep_fp32, exporter)
+    overrides |= _option_overrides(target, option)
     if isa is not None:
         overrides["quantization.isa"] = isa
-    _build(recipe, target.value, precision.value, out, force, overrides, as_json)
+    _build(recipe, target, precision.value, out, force, overrides, as_json)
 
 
-@app.command()
+@app.command(cls=_TargetOptionsCommand)
 @_handled
 def quantize(
     recipe: Path = RecipeArg,
-    target: TargetName = typer.Option(TargetName.onnxruntime, "--target", "-t"),
+    target: str = _target_option("Target to quantize for."),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/TARGET-int8]"
     ),
@@ -288,24 +366,26 @@ def quantize(
         help="Search the fastest policy that meets quantization.accuracy (layers back to float).",
     ),
     isa: str | None = IsaOpt,
+    option: list[str] | None = OptionOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """INT8 post-training quantization with the recipe's calibration set."""
-    if target is TargetName.openvino and (method or mode):
-        from mmedge.errors import RecipeError
+    from mmedge.errors import RecipeError
+    from mmedge.targets import target_spec
 
+    spec = target_spec(target)
+    if (method or mode) and not spec.calibration_methods:
         raise RecipeError(
-            "--method and --mode set ONNX Runtime's quantizer; OpenVINO quantizes with NNCF "
-            "(targets.openvino.nncf in the recipe)"
+            f"--method and --mode set ONNX Runtime's quantizer; {target} quantizes with its "
+            f"own (its settings: targets.{target} in the recipe, or -O)"
         )
-    if target is TargetName.tensorrt and mode is QuantMode.dynamic:
-        from mmedge.errors import RecipeError
-
-        raise RecipeError("TensorRT takes static (calibrated) Q/DQ only; drop --mode dynamic")
+    if mode is QuantMode.dynamic and not spec.dynamic_int8:
+        raise RecipeError(f"{target} takes static (calibrated) INT8 only; drop --mode dynamic")
     overrides = _quant_overrides(calib, samples, method, mode, keep_fp32, None)
+    overrides |= _option_overrides(target, option)
     if isa is not None:
         overrides["quantization.isa"] = isa
-    _build(recipe, target.value, "int8", out, force, overrides, as_json, auto)
+    _build(recipe, target, "int8", out, force, overrides, as_json, auto)
 
 
 @app.command()
@@ -455,20 +535,20 @@ def prune(
 @_handled
 def check(
     directory: Path = ArtifactArg,
-    target: CheckTarget = typer.Option(CheckTarget.tensorrt, "--target", "-t"),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Check a bundle's ONNX against TensorRT's parser and quantization rules; exit 12 on errors."""
+    """Check an artifact against its target's rules (TensorRT: parser and quantization rules);
+    exit 12 on errors."""
     from mmedge.errors import RuleViolation
+    from mmedge.findings import summary
     from mmedge.pipeline import check_artifact
-    from mmedge.targets.tensorrt.rules import summary
 
     findings = check_artifact(directory)
     data = summary(findings)
     console.print_json(data) if as_json else console.findings(data)
     if data["errors"]:
         raise RuleViolation(
-            f"{data['errors']} TensorRT rule violation(s) in {directory}",
+            f"{data['errors']} rule violation(s) in {directory}",
             hint="the build refuses them unless --allow-violations",
         )
 
@@ -493,7 +573,7 @@ def build(
     as_json: bool = JsonOpt,
 ) -> None:
     """Build a TensorRT bundle's engine on this device (where it will run)."""
-    from mmedge.pipeline import build_engine_in_bundle
+    from mmedge.targets.tensorrt.commands import build_engine_in_bundle
 
     with console.status(not as_json) as progress:
         progress("building the TensorRT engine")
@@ -507,7 +587,8 @@ def run_command(
     recipe: Path = RecipeArg,
     targets: str | None = typer.Option(
         None,
-        help="Comma-separated subset of onnxruntime,openvino,tensorrt [default: the recipe's].",
+        help="Comma-separated subset of the registered targets (mmedge doctor lists them) "
+        "[default: the recipe's run.variants].",
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run directory [default: runs/RECIPE_NAME/run]."

@@ -488,20 +488,19 @@ def doctor(data: Mapping[str, Any]) -> None:
     table = Table(title="mmedge doctor")
     for col in ("component", "status", "details"):
         table.add_column(col)
+    for name, info in data["targets"].items():
+        if not info["installed"]:
+            status = "[red]missing[/]"
+        elif info["runs_here"]:
+            status = f"[green]{info['version'] or 'installed'}[/]"
+        else:
+            status = "[yellow]build only[/]"
+        devices = ", ".join(info["devices"]) or "-"
+        table.add_row(f"target {name}", status, escape(f"{info['summary']}; devices: {devices}"))
     for name, info in data["packages"].items():
-        details = ", ".join(
-            f"{k}: {', '.join(v) if isinstance(v, list) else v}"
-            for k, v in info.items()
-            if k in ("providers", "devices", "error")
-        )
+        details = str(info.get("error", ""))
         status = f"[green]{info['version']}[/]" if info["installed"] else "[red]missing[/]"
         table.add_row(name, status, escape(details))
-    trt = data["tensorrt"]
-    table.add_row(
-        "tensorrt",
-        f"[green]{trt['version']}[/]" if trt["version"] else "[yellow]not installed[/]",
-        f"trtexec: {trt['trtexec'] or 'not found'}",
-    )
     cpu = data["cpu"]
     profile = f"INT8 profile: {cpu.get('isa_profile', 'unknown')}"
     features = ", ".join(cpu["features"]) or "-"

@@ -12,10 +12,8 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
+# What mmedge itself uses besides the targets' backends (TargetSpec.packages, added below).
 _PACKAGES = (
-    ("onnxruntime", "onnxruntime"),
-    ("openvino", "openvino"),
-    ("nncf", "openvino"),
     ("torch", "torch"),
     ("torch_pruning", "pruning"),
     ("PIL", "calib"),
@@ -35,7 +33,9 @@ def _package(module: str) -> dict[str, Any]:
         try:
             version = metadata.version(module)
         except metadata.PackageNotFoundError:
-            version = "?"
+            # Importable without a version or metadata: a namespace package, such as the one
+            # tensorrt-stubs (type stubs for mypy) leaves, not the library itself.
+            return {"installed": False, "error": "importable, but only as an empty namespace"}
     return {"installed": True, "version": str(version)}
 
 
@@ -112,31 +112,44 @@ def cpu_advice(cpu: dict[str, Any]) -> list[str]:
     return advice
 
 
+def targets() -> dict[str, dict[str, Any]]:
+    """Every registered target: installed, version, devices, and whether its artifacts run
+    here or only on the device (Target.runtime_missing)."""
+    from dataclasses import asdict
+
+    from mmedge.targets import specs
+
+    found: dict[str, dict[str, Any]] = {}
+    for name, spec in specs().items():
+        target = spec.factory()
+        probe = target.probe()
+        found[name] = {
+            **asdict(probe),
+            "summary": spec.summary,
+            "extra": spec.extra,
+            "precisions": list(spec.precisions),
+            "runs_here": probe.installed and target.runtime_missing() is None,
+            "runtime_missing": target.runtime_missing() if probe.installed else None,
+        }
+    return found
+
+
 def diagnose() -> dict[str, Any]:
     from mmedge.hardware import cpu_summary
-    from mmedge.targets.tensorrt.engine import tensorrt_version
+    from mmedge.targets import specs
 
-    packages = {module: {**_package(module), "extra": extra} for module, extra in _PACKAGES}
-    if packages["onnxruntime"]["installed"]:
-        import onnxruntime as ort
-
-        packages["onnxruntime"]["providers"] = ort.get_available_providers()
-    if packages["openvino"]["installed"]:
-        import openvino as ov
-
-        packages["openvino"]["devices"] = list(ov.Core().available_devices)
-    trt = tensorrt_version()
+    wanted = [(p, s.extra) for s in specs().values() for p in s.packages] + list(_PACKAGES)
+    packages = {module: {**_package(module), "extra": extra} for module, extra in wanted}
+    found_targets = targets()
     cpu = cpu_summary()
     found_gpus = gpus()
     advice = cpu_advice(cpu)
     for module, info in packages.items():
         if not info["installed"]:
             advice.append(f'{module} is missing: pip install "mmedge[{info["extra"]}]"')
-    if trt is None:
-        advice.append(
-            "TensorRT is not installed: `export --target tensorrt` makes on-device bundles here; "
-            "build and bench engines where TensorRT and an NVIDIA GPU are (mmedge build DIR)"
-        )
+    for name, info in found_targets.items():
+        if info["runtime_missing"]:
+            advice.append(f"{name}: {info['runtime_missing']} (mmedge build DIR there)")
     if not found_gpus:
         advice.append("no NVIDIA GPU found: the TensorRT target cannot build or run engines here")
     else:
@@ -147,12 +160,8 @@ def diagnose() -> dict[str, Any]:
                 "(2:4 sparsity will not speed up)"
             )
     return {
+        "targets": found_targets,
         "packages": packages,
-        "tensorrt": {
-            "version": trt,
-            "major": int(trt.split(".")[0]) if trt else None,
-            "trtexec": shutil.which("trtexec"),
-        },
         "cpu": cpu,
         "gpus": found_gpus,
         "advice": advice,

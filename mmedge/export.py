@@ -228,7 +228,7 @@ def check_parity(
     if extra is not None:
         cases.append(("calibration batch", extra))
     results = []
-    try:
+    with session:
         for label, feeds in cases:
             try:
                 got = session.run(feeds)
@@ -238,8 +238,6 @@ def check_parity(
                 ) from None
             for name, want in reference(feeds).items():
                 results.append(_parity_case(label, name, want, got[name], recipe))
-    finally:
-        session.close()
     return results
 
 

@@ -56,8 +56,11 @@ def dummy_feeds(
     return feeds
 
 
-def validate_feeds(feeds: Mapping[str, np.ndarray], recipe: Recipe, where: str) -> None:
-    """Check names, dtypes, ranks, static dims, axis ranges and shared-axis agreement.
+def validate_feeds(
+    feeds: Mapping[str, np.ndarray], recipe: Recipe, where: str, values: bool = True
+) -> None:
+    """Check names, dtypes, ranks, static dims, axis ranges and shared-axis agreement; with
+    ``values``, also token ids below the range's end and no NaN/Inf (scans of the data).
 
     ``where`` names the source in messages (e.g. "calibration shard shard-0003.npz").
     """
@@ -70,7 +73,7 @@ def validate_feeds(feeds: Mapping[str, np.ndarray], recipe: Recipe, where: str) 
         )
     axis_sizes: dict[str, tuple[int, str]] = {}
     for name, spec in recipe.inputs.items():
-        _check_one(name, np.asarray(feeds[name]), spec, recipe, where, axis_sizes)
+        _check_one(name, np.asarray(feeds[name]), spec, recipe, where, axis_sizes, values)
 
 
 def _check_one(
@@ -80,6 +83,7 @@ def _check_one(
     recipe: Recipe,
     where: str,
     axis_sizes: dict[str, tuple[int, str]],
+    values: bool = True,
 ) -> None:
     if array.dtype != NP_DTYPES[spec.dtype]:
         hint = " (token ids and masks must stay integer)" if spec.modality == "text" else ""
@@ -112,6 +116,8 @@ def _check_one(
                 f"{where}: input '{name}' axis '{dim}' is {size}, outside the recipe's "
                 f"range [{rng.min}, {rng.max}]"
             )
+    if not values:
+        return
     if spec.range is not None and np.issubdtype(array.dtype, np.integer) and array.size:
         # For integer inputs the range's upper end is a hard limit (token ids below the
         # embedding's size); its lower end only shapes dummy inputs (a mask of ones: [1, 2]).

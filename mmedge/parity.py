@@ -101,14 +101,19 @@ def parity_against(
             "carries their module names",
             hint="declare 'branches' (module-name prefixes) in the recipe",
         )
-    config = SessionConfig(threads=recipe.bench.threads, extra_outputs=tuple(tensors.values()))
-    reference = OrtSession(fp32_onnx, config.threads, extra_outputs=config.extra_outputs)
+    config = SessionConfig(
+        threads=recipe.bench.threads,
+        extra_outputs=tuple(tensors.values()),
+        branch_outputs=dict(tensors),  # runtimes without ONNX names return them by branch
+    )
     target = get_target(manifest["target"])
+    reference = OrtSession(fp32_onnx, config.threads, extra_outputs=config.extra_outputs)
     candidate = target.load_here(artifact, recipe, manifest["precision"], config)
     runs_in = manifest["target"]
-    if type(candidate).__name__ == "OrtSession" and target.name != "onnxruntime":
-        runs_in = f"onnxruntime ({target.name} artifact's graph; {target.name} cannot run here)"
-    try:
+    if target.runtime_missing() is not None:  # load_here gave what this machine can run
+        runtime = {"OrtSession": "onnxruntime"}.get(type(candidate).__name__, "this machine")
+        runs_in = f"{runtime} ({runs_in} artifact's graph; {runs_in} cannot run here)"
+    with reference, candidate:
         data = open_compare_data(recipe, samples)
         batch = recipe.eval.batch if recipe.eval else 16
         report = compare_runners(
@@ -119,9 +124,6 @@ def parity_against(
             score_output=next(iter(tensors)) if tensors else None,
             labelled=False,
         )
-    finally:
-        reference.close()
-        candidate.close()
     metrics = {b: report.outputs[b] for b in tensors if b in report.outputs}
     # The most affected branch: lowest SQNR, when it is below FLAG_DB (40 dB: error power above
     # 0.01% of the signal's, i.e. error RMS above 1% of the signal's RMS); above that,

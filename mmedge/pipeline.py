@@ -24,9 +24,10 @@ from mmedge.errors import (
     InputSpecError,
     MmedgeError,
     RecipeError,
-    RuleViolation,
 )
+from mmedge.findings import Finding
 from mmedge.inputs import dummy_feeds
+from mmedge.progress import Status, quiet
 from mmedge.recipe import BenchConfig, Recipe, format_validation_error, parse_recipe
 from mmedge.rundir import (
     atomic_write_json,
@@ -36,15 +37,15 @@ from mmedge.rundir import (
     verified_artifact,
     write_manifest,
 )
-from mmedge.targets import Session, SessionConfig, ThroughputSession, get_target
-from mmedge.targets.tensorrt.rules import Finding
+from mmedge.targets import (
+    OnDeviceTarget,
+    Session,
+    SessionConfig,
+    ThroughputSession,
+    get_target,
+    target_spec,
+)
 from mmedge.workspace import scratch_dir
-
-Progress = Callable[[str], None]
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def build_artifact(
@@ -53,25 +54,26 @@ def build_artifact(
     precision: str,
     out: Path,
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Status = quiet,
     auto: bool = False,
 ) -> dict[str, Any]:
     """Export (or take the recipe's ONNX), check parity, build for the target; return the manifest.
 
     ``auto``: search the fastest INT8 policy that meets ``quantization.accuracy`` first.
     """
-    target = get_target(target_name)
+    spec = target_spec(target_name)
+    target = spec.factory()
     probe = target.probe()
     if not probe.installed:  # before any export work, not after it
         raise DependencyMissing(f"the {target_name} backend is not installed", hint=probe.hint)
-    if precision not in target.precisions:
+    if precision not in spec.precisions:
         raise RecipeError(
-            f"target {target_name} has no precision {precision!r}; choose {target.precisions}"
+            f"target {target_name} has no precision {precision!r}; choose {spec.precisions}"
         )
     identity = {
         "target": target_name,
         "precision": precision,
-        "recipe_sha256": recipe.artifact_sha256(),
+        "recipe_sha256": recipe.artifact_sha256(target_name),
     }
     check_output_dir(out, identity, force)
     if auto:
@@ -83,7 +85,11 @@ def build_artifact(
     # Parity after export also runs on one real batch when the recipe has data.
     parity_data = calib or (open_calibration(recipe) if recipe.calibration else None)
     with staged_output(out) as stage, scratch_dir("build") as tmp:
-        source, steps = _fp32_onnx(recipe, Path(tmp), parity_data, progress)
+        source: Path | Any
+        if spec.source == "torch":  # built from the model itself (torch.export), not ONNX
+            source, steps = _torch_source(recipe, progress)
+        else:
+            source, steps = _fp32_onnx(recipe, Path(tmp), parity_data, progress)
         if calib is not None:
             steps["calibration"] = calib.describe()
         if auto:
@@ -120,7 +126,7 @@ def _fp32_onnx(
     recipe: Recipe,
     tmp: Path,
     calib: DataSource | None,
-    progress: Progress,
+    progress: Status,
     check: bool = True,
 ) -> tuple[Path, dict[str, Any]]:
     """The FP32 ONNX every target starts from, with what was done to get it. ``check=False``
@@ -150,6 +156,20 @@ def _fp32_onnx(
         "opset": recipe.export.opset,
     }
     return out, {"export": export, "parity": parity}
+
+
+def _torch_source(recipe: Recipe, progress: Status) -> tuple[Any, dict[str, Any]]:
+    """The PyTorch model, for targets that build from it (TargetSpec.source == "torch")."""
+    src = recipe.model.path
+    if src is not None and src.suffix == ".onnx":
+        raise RecipeError(
+            f"the recipe's model is an ONNX file ({src.name}); this target builds from the "
+            "PyTorch model (model.factory or a .pt2)"
+        )
+    from mmedge.model import load_torch_model
+
+    progress("loading PyTorch model")
+    return load_torch_model(recipe), {"export": {"source": "pytorch"}}
 
 
 def _check_onnx_source(path: Path, recipe: Recipe) -> None:
@@ -228,11 +248,12 @@ def compare_artifact(
     if eval_path is not None:  # the frozen recipe's data, replaced without a rebuild
         recipe = _with_eval(recipe, eval_path)
     config = SessionConfig(threads=recipe.bench.threads)
-    if manifest["target"] == "tensorrt":
-        # On the device: the bundle's own inputs and FP32 outputs, no torch or recipe data.
-        from mmedge.targets.tensorrt.bundle import parity_source
-
-        data, recorded = parity_source(directory, recipe)
+    target = get_target(manifest["target"])
+    on_device = isinstance(target, OnDeviceTarget) and target_spec(manifest["target"]).on_device
+    if on_device:
+        # The bundle's own inputs and FP32 outputs: no torch or recipe data on the device.
+        assert isinstance(target, OnDeviceTarget)
+        data, recorded = target.recorded_reference(directory, recipe)
         data = data.limited(samples) if samples is not None else data
         reference = reference_runner(recipe, reference_dir, config) if reference_dir else recorded
     else:
@@ -242,10 +263,8 @@ def compare_artifact(
     warnings = isa_warnings(manifest, device)
     batch = recipe.eval.batch if recipe.eval else 16
     score = recipe.eval.output if recipe.eval else None
-    try:
+    with candidate:
         report = compare_runners(reference, candidate.run, data, batch, score)
-    finally:
-        candidate.close()
     report.failures = gate_failures(report, recipe.compare)
     report.warnings = warnings
     if recipe.compare.max_accuracy_drop is not None and report.accuracy is None:
@@ -256,12 +275,12 @@ def compare_artifact(
     if parity and recipe.branches and manifest["precision"] != "fp32":
         report.parity = _parity_or_none(manifest, recipe, artifact, samples)
     original = None if reference_dir else pruned_from(recipe)
-    if original is not None and manifest["target"] != "tensorrt":
+    if original is not None and not on_device:
         report.original = _against_original(original, candidate_config(config, device),
                                             manifest, recipe, artifact, data, batch, score)  # fmt: skip
     if not report.passed:
         report.next_steps = next_steps(report, manifest)
-    default_reference = "fp32-recorded" if manifest["target"] == "tensorrt" else "pytorch-fp32"
+    default_reference = "fp32-recorded" if on_device else "pytorch-fp32"
     record = {
         **report.to_json(),
         "reference": str(reference_dir or default_reference),
@@ -349,10 +368,8 @@ def _against_original(
     except MmedgeError as err:  # the original model's files are gone: say so, do not fail
         return {"error": err.message}
     candidate = load_session(manifest, recipe, artifact, config)
-    try:
+    with candidate:
         report = compare_runners(reference, candidate.run, data, batch, score)
-    finally:
-        candidate.close()
     main = next(iter(report.outputs.values()))
     return {
         "model": original.model.factory or str(original.model.path),
@@ -373,7 +390,7 @@ def _parity_or_none(
 
     with scratch_dir("parity") as tmp:
         try:
-            source, _ = _fp32_onnx(recipe, Path(tmp), None, _quiet, check=False)
+            source, _ = _fp32_onnx(recipe, Path(tmp), None, quiet, check=False)
             return parity_against(source, manifest, recipe, artifact, samples)
         except MmedgeError:
             return None
@@ -407,7 +424,7 @@ def isa_warnings(manifest: dict[str, Any], device: str | None) -> list[str]:
     from mmedge.quantize.isa import artifact_isa, kernel_mismatch
 
     built_for = artifact_isa(manifest)
-    if built_for is None or not get_target(manifest["target"]).cpu_int8:
+    if built_for is None or not target_spec(manifest["target"]).cpu_int8:
         return []
     configured = manifest["recipe"]["targets"].get(manifest["target"], {}).get("device")
     if (device or configured or "CPU") != "CPU":  # a GPU or NPU runs its own kernels
@@ -455,7 +472,7 @@ def bench_artifact(
     config = SessionConfig(cfg.threads, cfg.mode, device, static_shapes=shapes)
     session = load_session(manifest, recipe, artifact, config)
     runtime: np.ndarray | None
-    try:
+    with session:
         if cfg.mode == "throughput":
             if not isinstance(session, ThroughputSession):
                 raise RecipeError(
@@ -469,8 +486,6 @@ def bench_artifact(
             samples, runtime = _time_prepared(session.prepare(feeds), cfg)
             total_s, requests = float(np.sum(samples)) / 1e3, 1
         settings = {**session.settings(), "requests": requests}
-    finally:
-        session.close()
     branch_ms = _branch_profile(manifest, recipe, artifact, config, feeds) if cfg.profile else None
     result = summarize(
         samples,
@@ -523,14 +538,14 @@ def _branch_profile(
     artifact: Path,
     config: SessionConfig,
     feeds: dict[str, np.ndarray],
-) -> dict[str, float]:
-    """Median per-layer times (a separate, profiling session: counters cost speed) per branch."""
-    session = load_session(manifest, recipe, artifact, replace(config, profile=True))
-    try:
+) -> dict[str, float] | None:
+    """Median per-layer times (a separate, profiling session: counters cost speed) per branch;
+    None where the runtime has no per-layer profiler."""
+    with load_session(manifest, recipe, artifact, replace(config, profile=True)) as session:
+        if not session.profiles_layers:
+            return None
         session.run(feeds)  # warm-up, not profiled apart: backends record from the first run
         layers = session.layer_times(feeds, runs=20)
-    finally:
-        session.close()
     return time_by_branch(layers, recipe.branches)
 
 
@@ -568,48 +583,21 @@ def inspect_recipe(recipe: Recipe) -> dict[str, Any]:
 
 
 def check_artifact(directory: Path) -> list[Finding]:
-    """TensorRT's rules on a bundle's ONNX; also saved as check.json beside it."""
-    from mmedge.onnxio import read_onnx
-    from mmedge.targets.tensorrt.rules import check_model, summary
+    """The artifact's target's rule checker (TargetSpec.rules) on it; saved as check.json."""
+    import importlib
+
+    from mmedge.findings import summary
+    from mmedge.targets import specs, target_spec
 
     manifest, recipe, artifact = open_artifact(directory)
-    if manifest["target"] != "tensorrt":
+    spec = target_spec(manifest["target"])
+    if spec.rules is None:
+        with_rules = [s.name for s in specs().values() if s.rules]
         raise RecipeError(
-            f"{directory} is a {manifest['target']} artifact; the rule checker reads TensorRT "
-            "bundles (mmedge export --target tensorrt)"
+            f"{directory} is a {spec.name} artifact, which has no rule checker; targets with "
+            f"one: {', '.join(with_rules) or 'none'}"
         )
-    model = read_onnx(artifact, ArtifactError, external_data=True)
-    found = check_model(model, recipe.branches, recipe.quantization.keep_fp32)
+    module_name, function = spec.rules.split(":")
+    found: list[Finding] = getattr(importlib.import_module(module_name), function)(artifact, recipe)
     atomic_write_json(directory / "check.json", summary(found))
     return found
-
-
-def build_engine_in_bundle(
-    directory: Path, weak_fp16: bool, use_trtexec: bool, allow_violations: bool
-) -> dict[str, Any]:
-    """Build the bundle's engine on this machine and record it in the manifest."""
-    from mmedge.targets.tensorrt import bundle_files
-    from mmedge.targets.tensorrt.engine import BuildOptions, build_engine
-
-    findings = check_artifact(directory)
-    errors = [f for f in findings if f.severity == "error"]
-    if errors and not allow_violations:
-        listed = "\n  ".join(f"{f.node} [{f.branch}] {f.rule}: {f.message}" for f in errors[:10])
-        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise RuleViolation(
-            f"{len(errors)} TensorRT rule violation(s); the build is refused:\n  {listed}{more}",
-            hint="fix the graph, or pass --allow-violations to let TensorRT try anyway",
-        )
-    manifest, recipe, _ = open_artifact(directory)
-    meta = build_engine(directory, recipe, BuildOptions(weak_fp16, use_trtexec))
-    updated = write_manifest(
-        directory,
-        bundle_files(directory),
-        {
-            k: v
-            for k, v in manifest.items()
-            if k not in ("format", "created", "artifact", "versions", "host")
-        }
-        | {"engine": meta},
-    )
-    return updated

@@ -30,11 +30,12 @@ from mmedge.calibration import (
 from mmedge.compare import accuracy
 from mmedge.errors import InputSpecError, RecipeError
 from mmedge.export import dynamic_shapes, export_onnx, trace_feeds
+from mmedge.hashing import sha256_bytes
 from mmedge.inputs import dummy_feeds
 from mmedge.model import load_torch_model, ordered_args, torch_runner
+from mmedge.progress import Status, TrainStep, quiet
 from mmedge.prune import apply_sparsity, branch_ratios, remove_masks, structured_prune
 from mmedge.recipe import DataFactory, PruneConfig, Recipe
-from mmedge.recover import Progress as StepProgress
 from mmedge.recover import recover
 from mmedge.rundir import check_output_dir, staged_output, write_manifest
 from mmedge.stats import branch_stats, stats_json
@@ -129,8 +130,8 @@ def prune_artifact(
     recipe: Recipe,
     out: Path,
     force: bool = False,
-    progress: Callable[[str], None] = lambda _: None,
-    on_step: StepProgress | None = None,
+    progress: Status = quiet,
+    on_step: TrainStep | None = None,
 ) -> dict[str, Any]:
     import torch
 
@@ -210,7 +211,6 @@ def prune_artifact(
 
 
 def _prune_sha(recipe: Recipe) -> str:
-    import hashlib
     import json
 
     text = json.dumps(
@@ -220,7 +220,7 @@ def _prune_sha(recipe: Recipe) -> str:
         },
         sort_keys=True,
     )
-    return hashlib.sha256(text.encode()).hexdigest()
+    return sha256_bytes(text.encode())
 
 
 def _save_model(
@@ -261,6 +261,8 @@ def derived_recipe(recipe: Recipe, cfg: PruneConfig) -> dict[str, Any]:
         raw["model"] = {"path": PROGRAM}
     else:
         raw["model"] = {**raw["model"], "weights": WEIGHTS, "shapes": SHAPES}
-    if cfg.sparsity.mode == "2:4":
-        raw["targets"]["tensorrt"]["sparse_weights"] = True
+    if cfg.sparsity.mode == "2:4":  # targets with sparse kernels (TensorRT's tensor cores)
+        for name, section in raw["targets"].items():
+            if "sparse_weights" in section:
+                raw["targets"][name]["sparse_weights"] = True
     return raw

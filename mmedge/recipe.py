@@ -7,33 +7,37 @@ validation, so they go through exactly the same checks as the YAML.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    RootModel,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticUndefined
 
+from mmedge.config import PosInt, StrictConfig
 from mmedge.errors import RecipeError
+from mmedge.hashing import sha256_json
 from mmedge.preprocess.spec import PrepSpec
 
 Dtype = Literal["float32", "float16", "int64", "int32", "bool", "uint8"]
 Modality = Literal["image", "text", "audio", "tabular", "other"]
-PosInt = Annotated[int, Field(ge=1)]
+C = TypeVar("C", bound=BaseModel)
 MAX_THREADS = 1024  # the largest CPU servers have a few hundred logical CPUs
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _FACTORY = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class InputSpec(_Strict):
+class InputSpec(StrictConfig):
     """One named model input: shape entries are ints (static) or axis names (dynamic)."""
 
     shape: list[int | str] = Field(min_length=1)
@@ -63,7 +67,7 @@ class InputSpec(_Strict):
         return value
 
 
-class AxisRange(_Strict):
+class AxisRange(StrictConfig):
     """A named dynamic axis shared by every input that uses it."""
 
     min: PosInt
@@ -77,7 +81,7 @@ class AxisRange(_Strict):
         return self
 
 
-class ModelSource(_Strict):
+class ModelSource(StrictConfig):
     """Where the model comes from: a factory (+ weights), a torch.export .pt2, or an .onnx."""
 
     factory: str | None = None
@@ -115,14 +119,14 @@ class ModelSource(_Strict):
         return self
 
 
-class SyntheticData(_Strict):
+class SyntheticData(StrictConfig):
     """Seeded random inputs cycling the min/opt/max shapes: for models without data (latency)."""
 
     samples: PosInt = 32
     seed: int = 0
 
 
-class CalibrationSource(_Strict):
+class CalibrationSource(StrictConfig):
     """A directory of .npz shards of named inputs (see calibration/README.md), or synthetic."""
 
     path: Path | None = None
@@ -139,7 +143,7 @@ class CalibrationSource(_Strict):
         return self
 
 
-class EvalSource(_Strict):
+class EvalSource(StrictConfig):
     """A held-out split in the same shard format, plus which output holds class scores.
 
     ``label_key: null``: no labels; accuracy is not measured, agreement with FP32 still is (a
@@ -152,7 +156,7 @@ class EvalSource(_Strict):
     output: str | None = None  # defaults to the first output
 
 
-class ExportConfig(_Strict):
+class ExportConfig(StrictConfig):
     exporter: Literal["torchscript", "dynamo"] = "torchscript"
     fallback: bool = True  # try the other exporter when the chosen one fails
     opset: Annotated[int, Field(ge=13, le=23)] = 18
@@ -192,7 +196,7 @@ QuantOp = Literal[
 _WEIGHTED_OPS: tuple[QuantOp, ...] = ("Conv", "MatMul", "Gemm", "Gather")
 
 
-class AccuracyConfig(_Strict):
+class AccuracyConfig(StrictConfig):
     """The gate `mmedge quantize --auto` (and `run`) searches a mixed-precision policy for.
 
     Measured against the FP32 ONNX export (checked against PyTorch at export) on the eval set,
@@ -221,7 +225,7 @@ class AccuracyConfig(_Strict):
         return self
 
 
-class QuantizationConfig(_Strict):
+class QuantizationConfig(StrictConfig):
     mode: Literal["static", "dynamic"] = "static"
     method: Literal["minmax", "entropy", "percentile"] = "minmax"
     percentile: Annotated[float, Field(gt=90, le=100)] = 99.999
@@ -262,78 +266,58 @@ class QuantizationConfig(_Strict):
         return value
 
 
-class OnnxRuntimeTarget(_Strict):
-    # The level baked into the saved FP32 artifact; "all" adds CPU-specific layouts, so the
-    # portable "extended" is the default. Sessions always run at "all".
-    graph_optimization: Literal["basic", "extended", "all"] = "extended"
-    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+class TargetsConfig(RootModel[dict[str, Any]]):
+    """``targets.<name>``: each registered target's own section, validated by the config model
+    its module declares (mmedge/targets); every registered target gets its defaults."""
 
+    root: dict[str, Any] = Field(default_factory=dict)
 
-class NncfConfig(_Strict):
-    """NNCF post-training quantization for OpenVINO (per-branch FP32: quantization.keep_fp32)."""
+    @model_validator(mode="before")
+    @classmethod
+    def _by_registry(cls, data: Any) -> dict[str, Any]:
+        from mmedge.targets import specs
 
-    # None: NNCF's default for the model type (mixed for transformers, performance otherwise).
-    preset: Literal["performance", "mixed"] | None = None
-    # auto: "transformer" when the graph has attention (a Softmax), else NNCF's default.
-    model_type: Literal["auto", "transformer", "default"] = "auto"
-    subset_size: PosInt = 300  # calibration samples NNCF uses (at most the set's size)
-    fast_bias_correction: bool = True  # False: full bias correction (slower, sometimes better)
-    # Regular expressions over OpenVINO op names to leave in float; one that matches nothing
-    # is an error (NNCF validates it).
-    ignored_patterns: list[str] = Field(default_factory=list)
-    # 7-bit weights against u8 x s8 saturation on CPUs without VNNI. None: from quantization.isa
-    # (enable without VNNI, disable with it); NNCF's own default is first_layer.
-    overflow_fix: Literal["enable", "first_layer", "disable"] | None = None
+        if isinstance(data, TargetsConfig):
+            data = data.root
+        if data is None or data is PydanticUndefined:  # absent: every target's defaults
+            data = {}
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a mapping of target name to settings, got {data!r}")
+        registered = specs()
+        unknown = sorted(set(data) - set(registered))
+        if unknown:
+            raise ValueError(
+                f"unknown target {unknown[0]!r}; registered targets: {', '.join(registered)}"
+            )
+        found: dict[str, Any] = {}
+        problems: list[str] = []
+        for name, spec in registered.items():
+            value = data.get(name)
+            if isinstance(value, spec.config):
+                found[name] = value
+                continue
+            try:
+                found[name] = spec.config.model_validate(value or {})
+            except ValidationError as err:
+                problems += [
+                    f"{name}.{line.strip()}" for line in format_validation_error(err).splitlines()
+                ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return found
 
-
-class OpenVinoTarget(_Strict):
-    device: str = "CPU"  # CPU, GPU, GPU.1, NPU, AUTO, ...; checked against the machine's
-    # The precision float ops run in. None: what the artifact says (f32 for FP32 and INT8 IRs;
-    # f16 for FP16 IRs where the device supports it, else f32). "device-default" lets the
-    # plugin choose: bf16 on CPUs with AVX-512 BF16 or AMX, so an FP32 IR would not run FP32.
-    inference_precision: Literal["f32", "bf16", "f16", "device-default"] | None = None
-    streams: PosInt | None = None  # throughput mode; None lets the THROUGHPUT hint decide
-    requests: PosInt | None = None  # requests in flight; None: the compiled model's optimum
-    nncf: NncfConfig = Field(default_factory=NncfConfig)
-
-
-# Overflow-prone ops an FP16 ONNX keeps in FP32 (FP16 max is 65504): normalizations and
-# reductions accumulate, exponentials blow up.
-_FP16_KEEP_FP32 = (
-    "LayerNormalization",
-    "Softmax",
-    "ReduceMean",
-    "ReduceSum",
-    "Pow",
-    "Sqrt",
-    "Exp",
-    "Log",
-    "Reciprocal",
-)
-
-
-class TensorRtTarget(_Strict):
-    """Engine build settings; the engine itself is built on the device (``mmedge build``)."""
-
-    workspace_mb: PosInt = 1024
-    optimization_level: Annotated[int, Field(ge=0, le=5)] = 3  # TensorRT's builder default
-    timing_cache: Path | None = None  # reused across builds on the same device
-    fp16_keep_fp32_ops: list[str] = Field(default_factory=lambda: list(_FP16_KEEP_FP32))
-    parity_samples: PosInt = 16  # inputs + expected outputs bundled for checks on the device
-    cuda_device: Annotated[int, Field(ge=0)] = 0
-    sparse_weights: bool = False  # set by `mmedge prune` for 2:4 models (sparse tensor cores)
-
-
-class TargetsConfig(_Strict):
-    onnxruntime: OnnxRuntimeTarget = Field(default_factory=OnnxRuntimeTarget)
-    openvino: OpenVinoTarget = Field(default_factory=OpenVinoTarget)
-    tensorrt: TensorRtTarget = Field(default_factory=TensorRtTarget)
+    def of(self, name: str, kind: type[C]) -> C:
+        """Target ``name``'s section, typed as the config model its module declares."""
+        value = self.root[name]
+        if not isinstance(value, kind):
+            raise TypeError(f"targets.{name} is a {type(value).__name__}, not {kind.__name__}")
+        return value
 
 
 Ratio = Annotated[float, Field(ge=0, lt=1)]
 
 
-class SparsityConfig(_Strict):
+class SparsityConfig(StrictConfig):
     """Zeros inside dense tensors: 2:4 is what sparse tensor cores (TensorRT) can use;
     unstructured sparsity shrinks nothing and speeds nothing up on dense kernels."""
 
@@ -341,7 +325,7 @@ class SparsityConfig(_Strict):
     ratio: Ratio = 0.5  # unstructured only; 2:4 is always half
 
 
-class DataFactory(_Strict):
+class DataFactory(StrictConfig):
     """A data source made by Python code: ``package.module:function`` called with ``kwargs``,
     returning an mmedge data source (``mmedge.calibration.DataSource``)."""
 
@@ -356,7 +340,7 @@ class DataFactory(_Strict):
         return value
 
 
-class RecoverConfig(_Strict):
+class RecoverConfig(StrictConfig):
     """Accuracy recovery after pruning: distillation from the unpruned model (no labels needed)
     or fine-tuning on labels."""
 
@@ -382,7 +366,7 @@ class RecoverConfig(_Strict):
     freeze_untouched: bool = True
 
 
-class PruneConfig(_Strict):
+class PruneConfig(StrictConfig):
     ratio: Ratio = 0.0  # every branch not listed in `branches`
     branches: dict[str, Ratio] = Field(default_factory=dict)
     global_pruning: bool = False  # rank channels across layers instead of layer by layer
@@ -396,23 +380,17 @@ class PruneConfig(_Strict):
     recover: RecoverConfig = Field(default_factory=RecoverConfig)
 
 
-_TARGETS = ("onnxruntime", "openvino", "tensorrt")
-_PRECISIONS = ("fp32", "fp16", "int8")
+def _default_variants() -> list[str]:
+    from mmedge.targets import default_variants
+
+    return default_variants()
 
 
-class RunConfig(_Strict):
+class RunConfig(StrictConfig):
     """What `mmedge run` builds: TARGET-PRECISION variants, compared and benchmarked."""
 
-    variants: list[str] = Field(
-        default_factory=lambda: [
-            "onnxruntime-fp32",
-            "onnxruntime-int8",
-            "openvino-fp32",
-            "openvino-int8",
-            "tensorrt-int8",
-        ],
-        min_length=1,
-    )
+    # Default: what each registered target lists as its default variants.
+    variants: list[str] = Field(default_factory=_default_variants, min_length=1)
     # With a prune section: also build the unpruned model (ONNX Runtime FP32) as the baseline
     # the report's speed-ups are measured against.
     baseline: bool = True
@@ -424,19 +402,27 @@ class RunConfig(_Strict):
     @field_validator("variants")
     @classmethod
     def _variants(cls, values: list[str]) -> list[str]:
+        from mmedge.targets import specs
+
+        registered = specs()
         for value in values:
             target, _, precision = value.partition("-")
-            if target not in _TARGETS or precision not in _PRECISIONS:
+            if target not in registered:
                 raise ValueError(
-                    f"variant {value!r} is not TARGET-PRECISION with TARGET in {list(_TARGETS)} "
-                    f"and PRECISION in {list(_PRECISIONS)}"
+                    f"variant {value!r}: unknown target {target!r}; expected TARGET-PRECISION "
+                    f"with TARGET one of {', '.join(registered)}"
+                )
+            if precision not in registered[target].precisions:
+                raise ValueError(
+                    f"variant {value!r}: {target} has no precision {precision!r}; "
+                    f"expected one of {', '.join(registered[target].precisions)}"
                 )
         if len(set(values)) != len(values):
             raise ValueError("variants are listed twice")
         return values
 
 
-class CompareGate(_Strict):
+class CompareGate(StrictConfig):
     """Thresholds; a None threshold is not checked."""
 
     min_cosine: Annotated[float, Field(ge=-1, le=1)] | None = 0.99
@@ -444,7 +430,7 @@ class CompareGate(_Strict):
     min_top1_agreement: Annotated[float, Field(ge=0, le=1)] | None = 0.98
 
 
-class BenchConfig(_Strict):
+class BenchConfig(StrictConfig):
     warmup: Annotated[int, Field(ge=0)] = 20
     iterations: PosInt = 200
     duration_s: Annotated[float, Field(gt=0)] | None = None  # when set, replaces iterations
@@ -460,7 +446,7 @@ class BenchConfig(_Strict):
     profile: bool = False  # also time each layer and report the time per branch
 
 
-class Recipe(_Strict):
+class Recipe(StrictConfig):
     name: str = Field(min_length=1)
     description: str = ""
     model: ModelSource
@@ -505,15 +491,17 @@ class Recipe(_Strict):
         first = next(iter(self.inputs.values())).shape[0]
         return str(first)
 
-    def artifact_sha256(self) -> str:
+    def artifact_sha256(self, target: str | None = None) -> str:
         """Hash of the fields that shape an artifact: what makes two artifacts 'the same'.
 
         Compare gates, bench settings, eval data and names are left out: changing them does
-        not change what export or quantize would write.
+        not change what export or quantize would write. Of ``targets``, only ``target``'s own
+        section counts (none without one): registering another target changes no artifact.
         """
-        fields = self.model_dump(mode="json", include=_ARTIFACT_FIELDS)
-        text = json.dumps(fields, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()
+        fields = self.model_dump(mode="json", include=_ARTIFACT_FIELDS - {"targets"})
+        if target is not None:
+            fields["targets"] = {target: self.targets.root[target].model_dump(mode="json")}
+        return sha256_json(fields)
 
 
 _ARTIFACT_FIELDS = {
@@ -631,11 +619,25 @@ _PATH_FIELDS = (
     ("calibration", "path"),
     ("eval", "path"),
 )
-_NESTED_PATH_FIELDS = ((("targets", "tensorrt"), "timing_cache"), (("prune", "recover"), "data"))
+_NESTED_PATH_FIELDS = ((("prune", "recover"), "data"),)
+
+
+def _target_path_fields() -> list[tuple[tuple[str, ...], str]]:
+    """Each target's own Path-valued fields (TensorRT's timing cache...)."""
+    from mmedge.targets import specs
+
+    return [
+        (("targets", name), field)
+        for name, spec in specs().items()
+        for field, info in spec.config.model_fields.items()
+        if info.annotation is not None and "Path" in str(info.annotation)
+    ]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    blocks = [((section,), key) for section, key in _PATH_FIELDS] + list(_NESTED_PATH_FIELDS)
+    blocks: list[tuple[tuple[str, ...], str]] = [((s,), key) for s, key in _PATH_FIELDS]
+    blocks += list(_NESTED_PATH_FIELDS)
+    blocks += _target_path_fields()
     prep = raw.get("preprocess")
     if isinstance(prep, dict):  # tokenizer files, under field names the recipe chooses
         blocks += [(("preprocess", name), "tokenizer") for name in prep]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,14 +20,12 @@ from mmedge.branches import UNASSIGNED, branch_of
 from mmedge.calibration import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.model import ordered_args
+from mmedge.progress import TrainStep
 from mmedge.recipe import Recipe, RecoverConfig
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
-
-# (epoch, epochs, step, steps, loss) after every optimizer step.
-Progress = Callable[[int, int, int, int, float], None]
 
 
 def _float_tensors(out: Any) -> list[Any]:
@@ -69,7 +67,7 @@ def recover(
     data: DataSource,
     recipe: Recipe,
     cfg: RecoverConfig,
-    progress: Progress | None = None,
+    progress: TrainStep | None = None,
 ) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F

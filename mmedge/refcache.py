@@ -8,9 +8,7 @@ the inputs' bytes. The model is loaded only on a miss.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mmedge.hashing import sha256_arrays, sha256_json
 from mmedge.inputs import Feeds
 from mmedge.recipe import Recipe
 
@@ -33,7 +32,7 @@ def cache_dir() -> Path:
 def model_key(recipe: Recipe) -> str:
     from importlib import metadata
 
-    from mmedge.rundir import sha256_file
+    from mmedge.hashing import sha256_file
 
     src = recipe.model
     parts: dict[str, Any] = {
@@ -54,16 +53,7 @@ def model_key(recipe: Recipe) -> str:
         origin = spec.origin if spec is not None else None
         if origin and Path(origin).is_file():  # edited factory code must not hit old outputs
             parts["factory_sha256"] = sha256_file(Path(origin))
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
-
-
-def _feeds_key(feeds: Mapping[str, np.ndarray]) -> str:
-    digest = hashlib.sha256()
-    for name in sorted(feeds):
-        array = np.ascontiguousarray(feeds[name])
-        digest.update(f"{name}:{array.dtype}:{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
+    return sha256_json(parts)[:32]
 
 
 def cached_reference(recipe: Recipe, load: Callable[[], Callable[[Feeds], Feeds]]) -> Any:
@@ -73,7 +63,7 @@ def cached_reference(recipe: Recipe, load: Callable[[], Callable[[Feeds], Feeds]
     runner: list[Callable[[Feeds], Feeds]] = []
 
     def run(feeds: Feeds) -> Feeds:
-        path = folder / f"{_feeds_key(feeds)}.npz"
+        path = folder / f"{sha256_arrays(feeds)}.npz"
         try:
             with np.load(path, allow_pickle=False) as npz:
                 return {k: npz[k] for k in recipe.outputs}

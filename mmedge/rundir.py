@@ -8,7 +8,6 @@ directory (if any) untouched and no half-written artifact that looks finished.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform
@@ -24,18 +23,11 @@ from typing import Any
 from mmedge import __version__
 from mmedge.errors import ArtifactError, OutputExistsError
 from mmedge.hardware import cpu_summary
+from mmedge.hashing import sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "mmedge-artifact/1"
-_PACKAGES = ("onnx", "onnxruntime", "torch", "numpy", "openvino", "nncf", "tensorrt")
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+_PACKAGES = ("onnx", "torch", "numpy")  # and every registered target's (TargetSpec.packages)
 
 
 def _umask() -> int:
@@ -76,7 +68,9 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 def versions() -> dict[str, str]:
     found = {"mmedge": __version__, "python": platform.python_version()}
-    for name in _PACKAGES:
+    from mmedge.targets import package_names
+
+    for name in (*_PACKAGES, *package_names()):
         with contextlib.suppress(metadata.PackageNotFoundError):
             found[name] = metadata.version(name)
     return found

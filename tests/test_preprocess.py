@@ -140,7 +140,32 @@ def _audio(buckets: list[int], **changes: object) -> AudioField:
     return AudioField(spec.model_copy(update=changes), buckets)
 
 
-def test_log_mel_matches_the_reference_features(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "fmin, fmax, n_fft, hop, mels", [(50.0, None, 256, 128, 32), (0.0, 7600.0, 400, 160, 64)]
+)
+def test_log_mel_matches_an_independent_implementation(
+    fmin: float, fmax: float | None, n_fft: int, hop: int, mels: int
+) -> None:
+    """Against transformers' audio_utils (its own mel filters, window and STFT), not a copy."""
+    from transformers.audio_utils import mel_filter_bank, spectrogram, window_function
+
+    from mmedge.preprocess.audio import log_mel, mel_filterbank
+
+    rate = 16000 if fmax else data.SAMPLE_RATE
+    wave = np.random.default_rng(1).standard_normal(rate // 2)
+    cfg = LogMel(n_fft=n_fft, hop=hop, n_mels=mels, fmin=fmin, fmax=fmax, normalize="none")
+    ours = log_mel(wave, cfg, mel_filterbank(cfg, rate))
+    filters = mel_filter_bank(n_fft // 2 + 1, mels, fmin, fmax or rate / 2, rate, mel_scale="htk")
+    power = spectrogram(
+        wave, window_function(n_fft, "hann", periodic=False), n_fft, hop, power=2.0,
+        center=False, mel_filters=filters, mel_floor=0.0, dtype=np.float64,
+    )  # fmt: skip
+    theirs = np.log(power + cfg.log_offset)
+    assert ours.shape == theirs.shape == (mels, (wave.size - n_fft) // hop + 1)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-3)
+
+
+def test_calib_build_features_match_the_reference_data(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     waves = data.audio_waves(np.array([3]), 64, rng)
     path = tmp_path / "a.wav"

@@ -113,8 +113,17 @@ def test_report_tables_match_the_json(done: tuple[Path, Path, dict[str, Any]]) -
         if v["accuracy"] is not None:
             assert row["accuracy"] == f"{v['accuracy']:.2f}%"
         if v["p50_rounds_ms"] is not None:
+            # One measurement per row: p50, p99 and samples/s from the same rounds' samples.
             assert row["p50 ms"] == f"{v['p50_rounds_ms']:.3f}"
-            assert row["speed-up"] == f"{v['speedup']:.2f}x"
+            assert v["p99_rounds_ms"] >= v["p50_rounds_ms"]
+            assert row["p99 ms"] == f"{v['p99_rounds_ms']:.3f}"
+            assert row["samples/s"] == f"{v['samples_per_s']:.0f}"
+            interval = v["speedup_interval"]
+            assert interval["low"] <= v["speedup"] <= interval["high"]
+            shown = f"{v['speedup']:.2f}x"
+            if v["name"] != report["baseline"]:
+                shown += f" [{interval['low']:.2f}, {interval['high']:.2f}]"
+            assert row["speed-up"] == shown
         assert (row["Pareto"] == "yes") == (v["name"] in report["pareto"])
     parity = {r["variant"]: r for r in md_table(markdown, "Per-branch parity")}
     for v in report["variants"]:
@@ -259,8 +268,9 @@ def test_doctor() -> None:
     assert result.exit_code == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["packages"]["onnxruntime"]["installed"] is True
-    assert "CPUExecutionProvider" in data["packages"]["onnxruntime"]["providers"]
-    assert data["tensorrt"]["version"] is None  # tensorrt-stubs alone is not TensorRT
+    assert "CPUExecutionProvider" in data["targets"]["onnxruntime"]["devices"]
+    assert data["targets"]["tensorrt"]["version"] is None  # tensorrt-stubs alone is not TensorRT
+    assert data["targets"]["tensorrt"]["runs_here"] is False
     assert any("TensorRT is not installed" in a for a in data["advice"])
     flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     if re.search(r"\bavx512_vnni\b", flags):

@@ -33,6 +33,7 @@ from mmedge.targets.tensorrt.bundle import (
     profile_shapes,
     trtexec_command,
 )
+from mmedge.targets.tensorrt.config import TensorRtConfig
 from mmedge.targets.tensorrt.engine import check_engine_compatible, tensorrt_version
 from tests.conftest import REFERENCE, REFERENCE_LARGE, REPO, tiny_feeds, write_recipe
 from tests.test_cli import assert_user_error
@@ -83,7 +84,9 @@ def test_the_build_script_runs_the_right_trtexec_per_version(bundles: Path) -> N
     recipe = load_recipe(bundles / "recipe.yaml")
     for major in (10, 11):
         line = " \\\n  ".join(
-            trtexec_command(major, profile_shapes(recipe), recipe.targets.tensorrt)
+            trtexec_command(
+                major, profile_shapes(recipe), recipe.targets.of("tensorrt", TensorRtConfig)
+            )
         )
         assert line + "\n" == (GOLDEN / f"trtexec-trt{major}.txt").read_text(), major
     script = (bundles / "int8" / "build_engine.sh").read_text()
@@ -273,7 +276,9 @@ def test_rule_violations_refuse_the_build(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_check_is_for_tensorrt_bundles(bundles: Path, built: object) -> None:
     result = runner.invoke(app, ["check", str(built.int8)])  # type: ignore[attr-defined]
-    assert result.exit_code == 3 and "rule checker reads TensorRT bundles" in result.stderr
+    assert (
+        result.exit_code == 3 and "has no rule checker; targets with one: tensorrt" in result.stderr
+    )
 
 
 @pytest.mark.slow

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import csv
 import functools
-import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +24,16 @@ from mmedge.calib.sampling import choose, zeroed
 from mmedge.calib.sources import SampleRef, read_source
 from mmedge.calib.stats import SetStats
 from mmedge.errors import InputSpecError
+from mmedge.hashing import sha256_bytes, sha256_file, sha256_json
 from mmedge.preprocess import Preprocessor, SampleError
 from mmedge.preprocess.core import Key
 from mmedge.preprocess.text import TextField
+from mmedge.progress import Count, quiet
 from mmedge.recipe import Recipe
 from mmedge.rundir import check_output_dir, staged_output, write_manifest
 
 SHOWN_ERRORS = 10
 SOURCES = "sources.csv"  # per sample: files, their sha256, bucket, zeroed fields
-Progress = Callable[[str, int, int], None]  # (stage, done, total)
 
 
 def build_calibration(
@@ -47,7 +46,7 @@ def build_calibration(
     min_per_bucket: int = 8,
     skip_bad: bool = False,
     force: bool = False,
-    progress: Progress = lambda *_: None,
+    progress: Count = quiet,
 ) -> dict[str, Any]:
     started = time.perf_counter()
     prep = Preprocessor.from_recipe(recipe)
@@ -143,7 +142,7 @@ def build_calibration(
                     },
                     "skipped": errors[:100],
                     "skipped_count": len(errors),
-                    "sources_sha256": hashlib.sha256((stage / SOURCES).read_bytes()).hexdigest(),
+                    "sources_sha256": sha256_file(stage / SOURCES),
                 },
                 "seconds": round(time.perf_counter() - started, 2),
             },
@@ -255,18 +254,13 @@ def _source_header(fields: list[str]) -> list[str]:
     return [*header, "buckets", "zeroed"]
 
 
-def _sha(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
+_sha = sha256_bytes
 
 
 def _prep_sha(recipe: Recipe) -> str:
-    import json
-
-    text = json.dumps(
+    return sha256_json(
         {
             "inputs": recipe.model_dump(mode="json", include={"inputs", "axes"}),
             "preprocess": {n: s.model_dump(mode="json") for n, s in recipe.preprocess.items()},
-        },
-        sort_keys=True,
+        }
     )
-    return hashlib.sha256(text.encode()).hexdigest()

@@ -80,10 +80,8 @@ class Validation:
         self.score = recipe.eval.output if recipe.eval and recipe.eval.output else recipe.outputs[0]
         self.ranking = _take(self.batches, cfg.ranking_samples)
         session = OrtSession(fp32_onnx, threads)
-        try:
+        with session:
             self.reference = [session.run(feeds)[self.score] for feeds, _ in self.batches]
-        finally:
-            session.close()
         labels = [y for _, y in self.batches if y is not None]
         complete = len(labels) == len(self.batches)
         self.labels: np.ndarray | None = np.concatenate(labels) if complete else None

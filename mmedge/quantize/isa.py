@@ -17,6 +17,7 @@ from typing import Any
 
 from mmedge.hardware import PROFILES, IsaProfile, classify, cpu_flags
 from mmedge.recipe import QuantizationConfig, Recipe
+from mmedge.targets.openvino import settings as openvino_settings
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def ort_types(cfg: QuantizationConfig) -> Int8Types:
 
 def nncf_overflow_fix(recipe: Recipe) -> tuple[str, str]:
     """NNCF's ``overflow_fix`` (7-bit weights against u8 x s8 saturation) for the deploy ISA."""
-    chosen = recipe.targets.openvino.nncf.overflow_fix
+    chosen = openvino_settings(recipe).nncf.overflow_fix
     profile, _ = resolve_profile(recipe.quantization.isa)
     name = profile.name if profile else "unknown"
     if chosen is not None:

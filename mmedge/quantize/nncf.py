@@ -20,6 +20,7 @@ from mmedge.inputs import Feeds
 from mmedge.logs import captured_output, write_log
 from mmedge.quantize.isa import nncf_overflow_fix, profile_name
 from mmedge.recipe import Recipe
+from mmedge.targets.openvino import settings as openvino_settings
 
 # mmedge's spelling (the recipe's) → NNCF's OverflowFix values.
 _OVERFLOW_FIX = {"enable": "enable", "first_layer": "first_layer_only", "disable": "disable"}
@@ -63,7 +64,7 @@ def ignored_scope(model: Any, recipe: Recipe) -> Any:
                 f"it (prefixes {recipe.branches[branch]}); check the module names in 'branches'"
             )
         names += owned[branch]
-    patterns = list(recipe.targets.openvino.nncf.ignored_patterns)
+    patterns = list(openvino_settings(recipe).nncf.ignored_patterns)
     return nncf.IgnoredScope(names=names, patterns=patterns, validate=True)
 
 
@@ -78,7 +79,7 @@ def quantize_openvino(
     import nncf
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, OverflowFix
 
-    cfg = recipe.targets.openvino.nncf
+    cfg = openvino_settings(recipe).nncf
     transformer = cfg.model_type == "transformer" or (
         cfg.model_type == "auto" and has_attention(model)
     )

@@ -19,11 +19,9 @@ stopped by Ctrl-C resumes where it was, and the best policy so far is written th
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +31,15 @@ import yaml
 from mmedge.branches import UNASSIGNED, branch_of, scope_of_name
 from mmedge.calibration import DataSource
 from mmedge.errors import AccuracyError, RecipeError
+from mmedge.hashing import sha256_json
+from mmedge.progress import Status
 from mmedge.quantize.evaluate import Validation, better, branch_sqnr, passes
 from mmedge.quantize.space import SearchSpace
 from mmedge.recipe import Recipe, with_overrides
 from mmedge.rundir import atomic_write_json, atomic_write_text
-from mmedge.targets import BuildResult, SessionConfig, Target
+from mmedge.targets import BuildResult, SessionConfig, Target, target_spec
+from mmedge.targets.openvino import settings as openvino_settings
 
-Progress = Callable[[str], None]
 STATE = "state.json"
 LATENCY_BUDGET = 1.25  # a switch may cost this much of full INT8's latency to be built upon
 REAL_EXTENSIONS = 4  # real builds that may add ranked layers when the estimate fell short
@@ -63,8 +63,7 @@ class Candidate:
 
     @property
     def key(self) -> str:
-        text = json.dumps([self.overrides, sorted(self.float_layers), self.built], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return sha256_json([self.overrides, sorted(self.float_layers), self.built])[:16]
 
     def to_json(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("files", "details")}
@@ -86,7 +85,7 @@ class Search:
         fp32_onnx: Path,
         calib: DataSource,
         workdir: Path,
-        progress: Progress,
+        progress: Status,
     ) -> None:
         assert recipe.quantization.accuracy is not None
         self.gate = recipe.quantization.accuracy
@@ -107,8 +106,13 @@ class Search:
 
         # isa: auto builds for this machine: another CPU class must not reuse its candidates.
         isa = profile_name(self.recipe.quantization.isa)
-        data = [self.recipe.artifact_sha256(), self.target.name, self.val.samples, isa]
-        return hashlib.sha256(json.dumps(data).encode()).hexdigest()
+        data = [
+            self.recipe.artifact_sha256(self.target.name),
+            self.target.name,
+            self.val.samples,
+            isa,
+        ]
+        return sha256_json(data)
 
     def _load_state(self) -> dict[str, dict[str, Any]]:
         path = self.workdir / STATE
@@ -161,10 +165,8 @@ class Search:
             session = self.space.reverted(
                 artifact, recipe, cand.float_layers, self._config(), self.src
             )
-        try:
+        with session:
             scores = self.val.scores(session.run)
-        finally:
-            session.close()
         cand.scores = scores.to_json()
         cand.metric = scores.metric(self.gate.metric)
         cand.passed = passes(cand.metric, self.gate)
@@ -175,7 +177,7 @@ class Search:
     def _quick_p50(self, artifact: Path, recipe: Recipe) -> float | None:
         """A first latency figure (bench shapes, ``latency_seconds``): enough to tell a switch
         that makes INT8 much slower; the final choice is made on interleaved rounds."""
-        if not self.target.cpu_int8:
+        if not target_spec(self.target.name).cpu_int8:
             return None
         from mmedge.bench import time_calls
         from mmedge.inputs import dummy_feeds
@@ -184,10 +186,8 @@ class Search:
         feeds = dummy_feeds(self.recipe, cfg.shape, batch=cfg.batch)
         config = SessionConfig(self.threads, static_shapes={k: v.shape for k, v in feeds.items()})
         session = self.target.load_here(artifact, recipe, "int8", config)
-        try:
+        with session:
             samples = time_calls(session.prepare(feeds), 3, 1, self.gate.latency_seconds)
-        finally:
-            session.close()
         return float(sorted(samples.tolist())[samples.size // 2])
 
     def _record(self, cand: Candidate) -> None:
@@ -236,10 +236,8 @@ class Search:
             directory.mkdir(parents=True)
             result = self.target.build(self.src, self.recipe, "fp32", directory, None)
             session = self.target.load_here(result.files[0], self.recipe, "fp32", self._config())
-            try:
+            with session:
                 scores = self.val.scores(session.run)
-            finally:
-                session.close()
             shutil.rmtree(directory, ignore_errors=True)
             self.cache[key] = {"metric": scores.metric(self.gate.metric)}
             self._save_state()
@@ -344,11 +342,8 @@ class Search:
             ref = OrtSession(self.src, self.threads, extra_outputs=extra)
             cand = self.target.load_here(self.artifact(base), self.policy(base), "int8",
                                          self._config(extra))  # fmt: skip
-            try:
+            with ref, cand:
                 sqnr = branch_sqnr(ref.run, cand.run, tensors, self.val.ranking)  # type: ignore[arg-type]
-            finally:
-                ref.close()
-                cand.close()
         self.diagnosis["branch_sqnr_db"] = {b: round(v, 2) for b, v in sqnr.items()}
         # Unassigned layers (and branches without a boundary) go last, in graph order.
         order = sorted(layers, key=lambda b: (b == UNASSIGNED, sqnr.get(b, float("inf"))))
@@ -367,16 +362,14 @@ class Search:
         return [n for n in sorted(gains, key=lambda n: -gains[n]) if gains[n] > 0]
 
     def _ranking_sqnr(self, base: Candidate, layers: list[str]) -> float:
-        key = "rank:" + hashlib.sha256(json.dumps([base.key, sorted(layers)]).encode()).hexdigest()
+        key = "rank:" + sha256_json([base.key, sorted(layers)])
         if key in self.cache:
             return float(self.cache[key]["sqnr_db"])
         session = self.space.reverted(
             self.artifact(base), self.policy(base), layers, self._config(), self.src
         )
-        try:
+        with session:
             value = self.val.scores(session.run, ranking=True).sqnr_db
-        finally:
-            session.close()
         self.cache[key] = {"sqnr_db": value}
         return value
 
@@ -410,7 +403,7 @@ class Search:
         """Time every real build of the search in interleaved rounds (so the report's latency
         column is one measurement); the passing one with the lowest median p50 wins."""
         # TensorRT candidates run here as graphs in ONNX Runtime: their CPU time says nothing.
-        if not self.target.cpu_int8:
+        if not target_spec(self.target.name).cpu_int8:
             return min(passing, key=lambda c: (c.float_ops, c.bytes or 0))
         from mmedge.inputs import dummy_feeds
         from mmedge.run.latency import interleaved_p50
@@ -474,7 +467,7 @@ class Search:
             "gate": self.gate.model_dump(mode="json"),
             "validation": {"data": self.val.described, "samples": self.val.samples,
                            "ranking_samples": self.gate.ranking_samples},
-            "latency": "interleaved rounds on this machine" if self.target.cpu_int8
+            "latency": "interleaved rounds on this machine" if target_spec(self.target.name).cpu_int8
             else "not measured here: the fewest layers in float wins",
             "chosen": chosen.to_json(),
             **self.diagnosis,
@@ -506,7 +499,7 @@ def search_into(
     source: Path,
     calib: DataSource,
     out: Path,
-    progress: Progress,
+    progress: Status,
 ) -> tuple[BuildResult, Recipe, dict[str, Any]]:
     """Search the policy; put the chosen build, its record and its recipe into ``stage``."""
     found = Search(recipe, target, source, calib, workdir_for(out), progress).run()
@@ -542,7 +535,7 @@ def best_of(candidates: list[Candidate], metric: str) -> Candidate:
 def policy_fields(recipe: Recipe) -> dict[str, Any]:
     """The recipe sections a search decides: what a user commits to skip the search."""
     quant = recipe.quantization.model_dump(mode="json", exclude={"accuracy"})
-    nncf = recipe.targets.openvino.nncf.model_dump(mode="json")
+    nncf = openvino_settings(recipe).nncf.model_dump(mode="json")
     return {"quantization": quant, "targets": {"openvino": {"nncf": nncf}}}
 
 

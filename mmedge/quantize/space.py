@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from mmedge.quantize.isa import ort_types
 from mmedge.recipe import Recipe, with_overrides
 from mmedge.targets import Session, SessionConfig
+from mmedge.targets.openvino import settings as openvino_settings
 
 
 @dataclass(frozen=True)
@@ -174,7 +175,7 @@ class NncfSpace:
     def switches(self, recipe: Recipe) -> list[Switch]:
         from mmedge.quantize.isa import nncf_overflow_fix
 
-        cfg = recipe.targets.openvino.nncf
+        cfg = openvino_settings(recipe).nncf
         base = "targets.openvino.nncf."
         found = [
             Switch(
@@ -200,7 +201,7 @@ class NncfSpace:
         return found
 
     def keep_float(self, recipe: Recipe, layers: list[str]) -> Recipe:
-        cfg = recipe.targets.openvino.nncf
+        cfg = openvino_settings(recipe).nncf
         exact = [f"^{re.escape(name)}$" for name in layers]
         merged = list(dict.fromkeys([*cfg.ignored_patterns, *exact]))
         return with_overrides(recipe, {"targets.openvino.nncf.ignored_patterns": merged})

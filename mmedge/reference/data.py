@@ -21,6 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from mmedge.preprocess.audio import log_mel as features
+from mmedge.preprocess.audio import mel_filterbank
+from mmedge.preprocess.spec import LogMel
+
 Feeds = dict[str, np.ndarray]
 _DIGITS = Path(__file__).with_name("digits.npz")
 
@@ -85,30 +89,15 @@ def image_view(digits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return ((out - 0.3) / 0.8)[:, None]
 
 
-def _mel_filterbank() -> np.ndarray:
-    def mel(f: np.ndarray) -> np.ndarray:
-        return 2595.0 * np.log10(1.0 + f / 700.0)
-
-    def hz(m: np.ndarray) -> np.ndarray:
-        return 700.0 * (10.0 ** (m / 2595.0) - 1.0)
-
-    edges = hz(np.linspace(mel(np.array(50.0)), mel(np.array(SAMPLE_RATE / 2)), N_MELS + 2))
-    freqs = np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE)
-    bank = np.zeros((N_MELS, freqs.size), np.float32)
-    for m in range(N_MELS):
-        lo, mid, hi = edges[m : m + 3]
-        bank[m] = np.clip(np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)), 0, None)
-    return bank
+# The reference model's features: the same log-mel as `mmedge calib build` computes
+# (mmedge/preprocess/audio.py), so shards built from its WAVs match the training data.
+LOG_MEL = LogMel(n_fft=N_FFT, hop=HOP, n_mels=N_MELS, fmin=50.0)
 
 
 def log_mel(waves: np.ndarray) -> np.ndarray:
     """(n, samples) → (n, N_MELS, frames) log-mel, normalized per utterance."""
-    frames = np.lib.stride_tricks.sliding_window_view(waves, N_FFT, axis=-1)[:, ::HOP]
-    power = np.abs(np.fft.rfft(frames * np.hanning(N_FFT), axis=-1)) ** 2
-    feats = np.log(power @ _mel_filterbank().T + 1e-6).transpose(0, 2, 1)
-    mean = feats.mean(axis=(1, 2), keepdims=True)
-    std = feats.std(axis=(1, 2), keepdims=True) + 1e-6
-    return ((feats - mean) / std).astype(np.float32)
+    bank = mel_filterbank(LOG_MEL, SAMPLE_RATE)
+    return np.stack([features(w, LOG_MEL, bank) for w in waves])
 
 
 def samples_for(frames: int) -> int:

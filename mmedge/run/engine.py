@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mmedge.errors import MmedgeError, OutputExistsError, RecipeError
 from mmedge.failures import classify
 from mmedge.logs import write_log
+from mmedge.progress import Count, quiet
 from mmedge.recipe import Recipe
 from mmedge.run.state import BLOCKED, CACHED, FAILED, OK, SKIPPED, RunState, key_of
 from mmedge.run.steps import RunContext, Step, plan, require_all
 from mmedge.workspace import dir_lock
-
-StepProgress = Callable[[str, int, int], None]  # (description, done, total)
 
 
 def run_recipe(
@@ -31,19 +29,18 @@ def run_recipe(
     targets: list[str] | None = None,
     force: list[str] | None = None,
     strict: bool = False,
-    progress: StepProgress = lambda *_: None,
+    progress: Count = quiet,
 ) -> dict[str, Any]:
     from mmedge.run.report import write_report
-    from mmedge.targets import get_target
+    from mmedge.targets import get_target, target_names
 
     force = force or []
     chosen = targets or sorted({v.split("-")[0] for v in recipe.run.variants})
-    unknown = [t for t in chosen if t not in ("onnxruntime", "openvino", "tensorrt")]
+    names = target_names()
+    unknown = [t for t in chosen if t not in names]
     if unknown:
-        raise RecipeError(
-            f"--targets names {unknown}; expected some of onnxruntime, openvino, tensorrt"
-        )
-    probes = {name: get_target(name).probe() for name in ("onnxruntime", "openvino", "tensorrt")}
+        raise RecipeError(f"--targets names {unknown}; expected some of {', '.join(names)}")
+    probes = {name: get_target(name).probe() for name in names}
     if strict:
         require_all(probes, chosen)
     if directory.exists() and not directory.is_dir():
@@ -52,12 +49,14 @@ def run_recipe(
         state = RunState.open(directory, recipe.name, recipe_path, take_over="all" in force)
         ctx = RunContext(directory, recipe, recipe_path)
         steps = plan(ctx, targets, probes)
-        names = {s.name for s in steps}
-        bad = [f for f in force if f != "all" and f not in names and f not in _KINDS]
+        step_names = {s.name for s in steps}
+        bad = [f for f in force if f != "all" and f not in step_names and f not in _KINDS]
         if bad:
             raise RecipeError(
                 f"--force {bad[0]!r} is not a step of this run",
-                hint="steps: all, " + ", ".join(sorted(names)) + " (or a kind: build, compare...)",
+                hint="steps: all, "
+                + ", ".join(sorted(step_names))
+                + " (or a kind: build, compare...)",
             )
         state.save()
         for done, step in enumerate(steps):

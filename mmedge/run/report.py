@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mmedge.errors import ArtifactError, OutputExistsError
+from mmedge.markdown import table
 from mmedge.run.state import MANIFEST, RunState
 from mmedge.run.steps import LATENCY
 from mmedge.rundir import atomic_write_json, atomic_write_text
@@ -73,9 +74,12 @@ def collect(directory: Path) -> dict[str, Any]:
     variants = [_variant(directory, name, steps) for name in names]
     rounds = _read(directory / LATENCY) if _ok(steps, "latency") else None
     base = (rounds or {}).get("baseline")
-    for v in variants:
+    for v in variants:  # one measurement per row: the latency step's interleaved rounds
         v["p50_rounds_ms"] = (rounds or {}).get("p50_ms", {}).get(v["name"])
+        v["p99_rounds_ms"] = (rounds or {}).get("p99_ms", {}).get(v["name"])
+        v["samples_per_s"] = (rounds or {}).get("samples_per_s", {}).get(v["name"])
         v["speedup"] = (rounds or {}).get("speedup", {}).get(v["name"])
+        v["speedup_interval"] = (rounds or {}).get("speedup_interval", {}).get(v["name"])
     return {
         "recipe": run.get("recipe"),
         "directory": str(directory),
@@ -254,7 +258,10 @@ def _f(value: Any, fmt: str = "{:.3f}") -> str:
 def variant_rows(report: dict[str, Any]) -> list[list[str]]:
     rows = []
     for v in report["variants"]:
-        lat = v.get("latency_ms") or {}
+        interval = v.get("speedup_interval") or {}
+        speedup = _f(v["speedup"], "{:.2f}x")
+        if interval and v["name"] != report.get("baseline"):
+            speedup += f" [{interval['low']:.2f}, {interval['high']:.2f}]"
         rows.append(
             [
                 v["name"],
@@ -266,9 +273,9 @@ def variant_rows(report: dict[str, Any]) -> list[list[str]]:
                 ),
                 _f(v["cosine"], "{:.5f}"),
                 _f(v["p50_rounds_ms"]),
-                _f(lat.get("p99")),
-                _f(v["throughput_per_s"], "{:.0f}"),
-                _f(v["speedup"], "{:.2f}x"),
+                _f(v.get("p99_rounds_ms")),
+                _f(v.get("samples_per_s"), "{:.0f}"),
+                speedup,
                 "yes" if v["name"] in report["pareto"] else "",
             ]
         )
@@ -345,12 +352,6 @@ def step_rows(report: dict[str, Any]) -> list[list[str]]:
     ]
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]  # str: hand-edited records
-    return "\n".join(lines)
-
-
 def render_markdown(report: dict[str, Any]) -> str:
     branches = branch_names(report)
     recipe = (report.get("recipe") or {}).get("name")
@@ -364,13 +365,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         "## Variants",
         "",
         "Accuracy on the recipe's eval split; agreement and cosine against PyTorch FP32 "
-        "(of the model each variant was built from). p50: median over "
+        "(of the model each variant was built from). p50, p99 and samples/s: the samples of "
         f"{report.get('latency_rounds') or '-'} rounds that time every variant in turn at the "
-        "recipe's bench settings; speed-up: median of the per-round ratios against "
-        f"{report.get('baseline') or '-'}; p99 and throughput: one `mmedge bench` each. "
+        "recipe's bench settings; speed-up: median of the per-round p50 ratios against "
+        f"{report.get('baseline') or '-'}, with its 95% bootstrap interval. "
         "Pareto: no other variant is both faster and more accurate.",
         "",
-        _table(VARIANT_HEADERS, variant_rows(report)),
+        table(VARIANT_HEADERS, variant_rows(report)),
         "",
         "## Per-branch parity",
         "",
@@ -379,14 +380,14 @@ def render_markdown(report: dict[str, Any]) -> str:
         "SQNR, named when below 40 dB (error power above 0.01% of the signal's, i.e. error "
         "RMS above 1% of the signal's RMS).",
         "",
-        _table(["variant", *parity_branches(report), "most affected"], parity_rows(report)),
+        table(["variant", *parity_branches(report), "most affected"], parity_rows(report)),
         "",
         "## Latency per branch",
         "",
         "Per-layer profiler times (ONNX Runtime profiling, OpenVINO PERF_COUNT) summed per "
         "branch, batch 1 at opt shapes; 'other' holds top-level ops.",
         "",
-        _table(["variant", *branches, "dominant"], latency_rows(report)),
+        table(["variant", *branches, "dominant"], latency_rows(report)),
         "",
     ]
     missing = [(v["name"], k, why) for v in report["variants"] for k, why in v["missing"].items()]
@@ -402,10 +403,10 @@ def render_markdown(report: dict[str, Any]) -> str:
             "Each INT8 variant built with `quantization.accuracy`: the policies tried, their gate "
             "metric on the validation set, and (real builds) p50 from interleaved rounds.",
             "",
-            _table(SEARCH_HEADERS, searched),
+            table(SEARCH_HEADERS, searched),
             "",
         ]
     if report.get("advice"):
         parts += ["## Advice for this machine", ""] + [f"- {a}" for a in report["advice"]] + [""]
-    parts += ["## Steps", "", _table(["step", "status", "seconds", "note"], step_rows(report)), ""]
+    parts += ["## Steps", "", table(["step", "status", "seconds", "note"], step_rows(report)), ""]
     return "\n".join(parts)

@@ -8,7 +8,6 @@ its outputs still exist.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ from typing import Any
 
 from mmedge import __version__
 from mmedge.errors import ArtifactError, OutputExistsError
-from mmedge.rundir import atomic_write_json, host, sha256_file, versions
+from mmedge.hashing import sha256_json
+from mmedge.rundir import atomic_write_json, host, versions
 from mmedge.workspace import LOCK
 
 MANIFEST = "run.json"
@@ -26,33 +26,7 @@ OK, CACHED, FAILED, SKIPPED, BLOCKED = "ok", "cached", "failed", "skipped", "blo
 
 
 def key_of(parts: dict[str, Any]) -> str:
-    text = json.dumps({**parts, "mmedge": __version__}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def files_sha(paths: list[Path]) -> str:
-    """Content hash of files (a directory: every file under it, by relative path)."""
-    digest = hashlib.sha256()
-    for path in paths:
-        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-        for file in files:
-            if file.exists():
-                digest.update(str(file.relative_to(path) if path.is_dir() else file.name).encode())
-                digest.update(_file_sha(file).encode())
-    return digest.hexdigest()
-
-
-_SEEN: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha(file: Path) -> str:
-    """sha256 of a file, computed once per (path, size, mtime): a run keys a dozen steps on
-    the same eval set, which need not be read a dozen times."""
-    stat = file.stat()
-    signature = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-    if signature not in _SEEN:
-        _SEEN[signature] = sha256_file(file)
-    return _SEEN[signature]
+    return sha256_json({**parts, "mmedge": __version__})
 
 
 @dataclass

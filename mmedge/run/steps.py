@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mmedge.errors import ArtifactError, DependencyMissing
+from mmedge.hashing import sha256_files as files_sha
 from mmedge.recipe import Recipe, load_recipe
-from mmedge.run.state import files_sha
 
 REFERENCE = "onnxruntime-fp32"  # the FP32 export every per-branch parity is measured against
 BASELINE = "onnxruntime-fp32-unpruned"
@@ -78,7 +78,7 @@ def _artifact_sha(directory: Path) -> str | None:
 
 
 def plan(ctx: RunContext, targets: list[str] | None, probes: dict[str, Any]) -> list[Step]:
-    from mmedge.targets.tensorrt.engine import tensorrt_version
+    from mmedge.targets import get_target, target_spec
 
     recipe = ctx.recipe
     variants = [v for v in recipe.run.variants if targets is None or v.split("-")[0] in targets]
@@ -95,17 +95,14 @@ def plan(ctx: RunContext, targets: list[str] | None, probes: dict[str, Any]) -> 
         probe = probes[target]
         missing = None if probe.installed else f"{target} is not installed ({probe.hint})"
         steps.append(_build_step(ctx, variant, target, precision, unavailable=missing))
-    has_trt = tensorrt_version() is not None
     for variant in variants:
         target = variant.split("-")[0]
         missing = None if probes[target].installed else f"{target} is not installed"
-        if target == "tensorrt":
+        if target_spec(target).rules is not None:
             steps.append(_check_step(ctx, variant))
-            if not has_trt:
-                missing = (
-                    "TensorRT is not installed here: the bundle's engine is built and run on "
-                    f"the device (mmedge build {ctx.artifact(variant)})"
-                )
+        elsewhere = get_target(target).runtime_missing() if probes[target].installed else None
+        if elsewhere is not None:
+            missing = f"{elsewhere} (mmedge build {ctx.artifact(variant)})"
         steps.append(_compare_step(ctx, variant, missing))
         if variant != REFERENCE:
             parity_missing = None if probes[target].installed else missing
@@ -187,7 +184,7 @@ def _build_step(
     def key() -> dict[str, Any]:
         r = recipe()
         return {
-            "recipe": r.artifact_sha256(),
+            "recipe": r.artifact_sha256(target),
             "model": _model_sha(r),
             **_data_sha(r, calibration=precision == "int8"),
             "variant": variant,
@@ -219,13 +216,13 @@ def _build_step(
 
 def _check_step(ctx: RunContext, variant: str) -> Step:
     from mmedge.errors import RuleViolation
+    from mmedge.findings import summary
     from mmedge.pipeline import check_artifact
-    from mmedge.targets.tensorrt.rules import summary
 
     def action() -> dict[str, Any]:
         data = summary(check_artifact(ctx.artifact(variant)))
         if data["errors"]:
-            raise RuleViolation(f"{data['errors']} TensorRT rule violation(s) in {variant}")
+            raise RuleViolation(f"{data['errors']} rule violation(s) in {variant}")
         return {"errors": data["errors"], "warnings": data["warnings"]}
 
     return Step(

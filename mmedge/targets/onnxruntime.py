@@ -6,14 +6,18 @@ import json
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
+from mmedge.config import StrictConfig
 from mmedge.errors import RecipeError, TargetBuildError, require
-from mmedge.targets import BuildResult, Probe, SessionConfig
+from mmedge.targets import BuildResult, Probe, Session, SessionConfig, TargetSpec
 
 if TYPE_CHECKING:
+    import torch
+
     from mmedge.calibration import DataSource
     from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
@@ -21,7 +25,7 @@ if TYPE_CHECKING:
 _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all": "ORT_ENABLE_ALL"}
 
 
-class OrtSession:
+class OrtSession(Session):
     """A Session over ``onnxruntime.InferenceSession`` speaking dicts keyed by tensor name."""
 
     def __init__(
@@ -66,11 +70,11 @@ class OrtSession:
         self.input_names = [i.name for i in self._sess.get_inputs()]
         self.output_names = [o.name for o in self._sess.get_outputs()]
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._sess.run(self.output_names, dict(feeds))
         return dict(zip(self.output_names, values, strict=True))
 
-    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
+    def _prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
         run, names, inputs = self._sess.run, self.output_names, dict(feeds)
 
         def call() -> None:
@@ -107,33 +111,53 @@ class OrtSession:
             self._profile_dir.cleanup()
 
 
+class OnnxRuntimeConfig(StrictConfig):
+    """``targets.onnxruntime``."""
+
+    # "all" adds CPU-specific layouts, so the portable "extended" is the default.
+    graph_optimization: Literal["basic", "extended", "all"] = Field(
+        "extended",
+        description="level baked into the saved FP32 artifact (sessions always run at all)",
+    )
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        min_length=1,
+        description="execution providers, in order of preference",
+    )
+
+
+def settings(recipe: Recipe) -> OnnxRuntimeConfig:
+    return recipe.targets.of("onnxruntime", OnnxRuntimeConfig)
+
+
 class OnnxRuntimeTarget:
     name: ClassVar[str] = "onnxruntime"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "int8")
-    extra: ClassVar[str] = "onnxruntime"
-    cpu_int8: ClassVar[bool] = True
 
     def probe(self) -> Probe:
         try:
             import onnxruntime as ort
         except ImportError:
-            return Probe(False, hint=f'pip install "mmedge[{self.extra}]"')
+            return Probe(False, hint=f'pip install "mmedge[{SPEC.extra}]"')
         return Probe(True, ort.__version__, list(ort.get_available_providers()))
+
+    def runtime_missing(self) -> str | None:
+        return None
 
     def needs_calibration(self, precision: str, recipe: Recipe) -> bool:
         return precision == "int8" and recipe.quantization.mode == "static"
 
     def build(
         self,
-        onnx_path: Path,
+        onnx_path: Path | torch.nn.Module,
         recipe: Recipe,
         precision: str,
         out_dir: Path,
         calib: DataSource | None,
     ) -> BuildResult:
-        require("onnxruntime", self.extra)
+        assert isinstance(onnx_path, Path)  # SPEC.source is onnx
+        require("onnxruntime", SPEC.extra)
         out = out_dir / "model.onnx"
-        cfg = recipe.targets.onnxruntime
+        cfg = settings(recipe)
         if precision == "fp32":
             # Creating a session with optimized_model_filepath writes the optimized graph.
             OrtSession(
@@ -157,10 +181,10 @@ class OnnxRuntimeTarget:
             artifact,
             config.threads,
             "all",
-            recipe.targets.onnxruntime.providers,
+            settings(recipe).providers,
             profile=config.profile,
             extra_outputs=config.extra_outputs,
-        )
+        ).expecting(recipe)
 
     def load_here(
         self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
@@ -171,6 +195,21 @@ class OnnxRuntimeTarget:
         from mmedge.quantize.space import QdqSpace
 
         return QdqSpace()
+
+
+SPEC = TargetSpec(
+    name="onnxruntime",
+    factory=OnnxRuntimeTarget,
+    config=OnnxRuntimeConfig,
+    precisions=("fp32", "int8"),
+    extra="onnxruntime",
+    packages=("onnxruntime",),
+    summary="ONNX Runtime: an optimized ONNX graph, INT8 as static Q/DQ or dynamic",
+    cpu_int8=True,
+    default_variants=("onnxruntime-fp32", "onnxruntime-int8"),
+    calibration_methods=True,
+    dynamic_int8=True,
+)
 
 
 def with_outputs(path: Path | bytes, names: tuple[str, ...]) -> bytes:

@@ -15,19 +15,70 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
+from pydantic import Field
 
+from mmedge.config import PosInt, StrictConfig
 from mmedge.errors import DeviceUnavailable, TargetBuildError, require
 from mmedge.logs import captured_output, write_log
-from mmedge.targets import BuildResult, Probe, SessionConfig, ThroughputRun
+from mmedge.targets import (
+    BuildResult,
+    Probe,
+    Session,
+    SessionConfig,
+    TargetSpec,
+    ThroughputRun,
+)
 
 if TYPE_CHECKING:
+    import torch
+
     from mmedge.calibration import DataSource
     from mmedge.quantize.space import SearchSpace
-    from mmedge.recipe import OpenVinoTarget as OpenVinoConfig
     from mmedge.recipe import Recipe
+
+
+class NncfConfig(StrictConfig):
+    """NNCF post-training quantization for OpenVINO (per-branch FP32: quantization.keep_fp32)."""
+
+    # None: NNCF's default for the model type (mixed for transformers, performance otherwise).
+    preset: Literal["performance", "mixed"] | None = None
+    # auto: "transformer" when the graph has attention (a Softmax), else NNCF's default.
+    model_type: Literal["auto", "transformer", "default"] = "auto"
+    subset_size: PosInt = 300  # calibration samples NNCF uses (at most the set's size)
+    fast_bias_correction: bool = True  # False: full bias correction (slower, sometimes better)
+    # Regular expressions over OpenVINO op names to leave in float; one that matches nothing
+    # is an error (NNCF validates it).
+    ignored_patterns: list[str] = Field(default_factory=list)
+    # 7-bit weights against u8 x s8 saturation on CPUs without VNNI. None: from quantization.isa
+    # (enable without VNNI, disable with it); NNCF's own default is first_layer.
+    overflow_fix: Literal["enable", "first_layer", "disable"] | None = None
+
+
+class OpenVinoConfig(StrictConfig):
+    """``targets.openvino``."""
+
+    device: str = Field(
+        "CPU", description="CPU, GPU, GPU.1, NPU, AUTO...; checked against the machine's"
+    )
+    # "device-default" lets the plugin choose: bf16 on CPUs with AVX-512 BF16 or AMX, so an
+    # FP32 IR would not run FP32.
+    inference_precision: Literal["f32", "bf16", "f16", "device-default"] | None = Field(
+        None, description="precision float ops run in [default: what the artifact says]"
+    )
+    streams: PosInt | None = Field(
+        None, description="throughput mode streams [default: the THROUGHPUT hint decides]"
+    )
+    requests: PosInt | None = Field(
+        None, description="requests in flight [default: the compiled model's optimum]"
+    )
+    nncf: NncfConfig = Field(default_factory=NncfConfig)
+
+
+def settings(recipe: Recipe) -> OpenVinoConfig:
+    return recipe.targets.of("openvino", OpenVinoConfig)
 
 
 def check_device(available: list[str], device: str) -> None:
@@ -55,7 +106,7 @@ def inference_precision(cfg: OpenVinoConfig, precision: str, capabilities: list[
     return "f16" if precision == "fp16" and "FP16" in capabilities else "f32"
 
 
-class OvSession:
+class OvSession(Session):
     """A compiled OpenVINO model speaking dicts keyed by tensor name."""
 
     def __init__(
@@ -69,7 +120,7 @@ class OvSession:
         require("openvino", "openvino")
         import openvino as ov
 
-        cfg = recipe.targets.openvino
+        cfg = settings(recipe)
         core = ov.Core()
         self.device = config.device or cfg.device
         check_device(list(core.available_devices), self.device)
@@ -109,12 +160,12 @@ class OvSession:
         self.input_names = [i.get_any_name() for i in self._compiled.inputs]
         self.output_names = list(self._outputs)
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         # share_inputs: no copy into the request's tensors, as benchmark_app does not copy.
         results = self._request.infer(dict(feeds), share_inputs=True)
         return {name: np.array(results[port]) for name, port in self._outputs.items()}
 
-    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
+    def _prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
         import openvino as ov
 
         request = self._compiled.create_infer_request()
@@ -141,6 +192,7 @@ class OvSession:
         runs on OpenVINO's executor threads and needs the GIL, and destroying the compiled model
         (with the GIL held) while such a thread waits for it deadlocks.
         """
+        self.check(feeds)
         import openvino as ov
 
         optimum = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
@@ -189,15 +241,15 @@ class OvSession:
 
 class OpenVinoTarget:
     name: ClassVar[str] = "openvino"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
-    extra: ClassVar[str] = "openvino"
-    cpu_int8: ClassVar[bool] = True
+
+    def runtime_missing(self) -> str | None:
+        return None
 
     def probe(self) -> Probe:
         try:
             import openvino as ov
         except ImportError:
-            return Probe(False, hint=f'pip install "mmedge[{self.extra}]"')
+            return Probe(False, hint=f'pip install "mmedge[{SPEC.extra}]"')
         return Probe(True, ov.get_version(), list(ov.Core().available_devices))
 
     def needs_calibration(self, precision: str, recipe: Recipe) -> bool:
@@ -205,13 +257,14 @@ class OpenVinoTarget:
 
     def build(
         self,
-        onnx_path: Path,
+        onnx_path: Path | torch.nn.Module,
         recipe: Recipe,
         precision: str,
         out_dir: Path,
         calib: DataSource | None,
     ) -> BuildResult:
-        require("openvino", self.extra)
+        assert isinstance(onnx_path, Path)  # SPEC.source is onnx
+        require("openvino", SPEC.extra)
         import openvino as ov
 
         start = time.perf_counter()
@@ -221,7 +274,7 @@ class OpenVinoTarget:
             "convert_seconds": round(time.perf_counter() - start, 3),
         }
         if precision == "int8":
-            require("nncf", self.extra)
+            require("nncf", SPEC.extra)
             from mmedge.quantize.nncf import quantize_openvino
 
             assert calib is not None  # the pipeline opens calibration data for int8
@@ -237,7 +290,7 @@ class OpenVinoTarget:
     def load(
         self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
     ) -> OvSession:
-        return OvSession(artifact, recipe, precision, config)
+        return OvSession(artifact, recipe, precision, config).expecting(recipe)
 
     def load_here(
         self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
@@ -248,6 +301,19 @@ class OpenVinoTarget:
         from mmedge.quantize.space import NncfSpace
 
         return NncfSpace()
+
+
+SPEC = TargetSpec(
+    name="openvino",
+    factory=OpenVinoTarget,
+    config=OpenVinoConfig,
+    precisions=("fp32", "fp16", "int8"),
+    extra="openvino",
+    packages=("openvino", "nncf"),
+    summary="OpenVINO: IR for Intel CPUs, GPUs and NPUs, INT8 by NNCF",
+    cpu_int8=True,
+    default_variants=("openvino-fp32", "openvino-int8"),
+)
 
 
 def _drive(queue: Any, count: int, deadline: float | None) -> list[float]:

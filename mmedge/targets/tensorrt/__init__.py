@@ -9,12 +9,14 @@ engine is built on the device with ``mmedge build DIR`` or ``./build_engine.sh``
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import onnx
 
-from mmedge.targets import BuildResult, Probe, Session, SessionConfig
+from mmedge.targets import BuildResult, Probe, Session, SessionConfig, TargetSpec
 from mmedge.targets.tensorrt.bundle import (
     ENGINE,
     ENGINE_META,
@@ -27,10 +29,13 @@ from mmedge.targets.tensorrt.bundle import (
     write_parity,
     write_profile,
 )
+from mmedge.targets.tensorrt.config import TensorRtConfig, settings
 from mmedge.targets.tensorrt.engine import tensorrt_version
 from mmedge.targets.tensorrt.rules import check_model, summary
 
 if TYPE_CHECKING:
+    import torch
+
     from mmedge.calibration import DataSource
     from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
@@ -47,9 +52,6 @@ def bundle_files(directory: Path) -> list[Path]:
 
 class TensorRtTarget:
     name: ClassVar[str] = "tensorrt"
-    precisions: ClassVar[tuple[str, ...]] = ("fp32", "fp16", "int8")
-    extra: ClassVar[str] = "tensorrt"
-    cpu_int8: ClassVar[bool] = False  # GPU tensor cores; symmetric INT8 by TensorRT's rules
 
     def probe(self) -> Probe:
         """Installed means: bundles can be made here (they need onnxruntime, not TensorRT)."""
@@ -61,17 +63,34 @@ class TensorRtTarget:
         hint = None if version else "TensorRT is not installed: bundles only, engines on the device"
         return Probe(True, version, ["trtexec"] if shutil.which("trtexec") else [], hint)
 
+    def runtime_missing(self) -> str | None:
+        if tensorrt_version() is None:
+            return (
+                "TensorRT is not installed here: the bundle's engine is built and run on the device"
+            )
+        return None
+
+    def recorded_reference(
+        self, directory: Path, recipe: Recipe
+    ) -> tuple[DataSource, Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]]:
+        """On the device: the bundle's own inputs and FP32 outputs, no torch or recipe data."""
+        from mmedge.targets.tensorrt.bundle import parity_source
+
+        data, recorded = parity_source(directory, recipe)
+        return data, recorded
+
     def needs_calibration(self, precision: str, recipe: Recipe) -> bool:
         return precision == "int8"
 
     def build(
         self,
-        onnx_path: Path,
+        onnx_path: Path | torch.nn.Module,
         recipe: Recipe,
         precision: str,
         out_dir: Path,
         calib: DataSource | None,
     ) -> BuildResult:
+        assert isinstance(onnx_path, Path)  # SPEC.source is onnx
         model = out_dir / "model.onnx"
         details: dict[str, Any] = {"precision_in_graph": precision}
         if precision == "int8":
@@ -90,8 +109,8 @@ class TensorRtTarget:
         details["rules"] = summary(findings)
         profile = profile_shapes(recipe)
         write_profile(out_dir / PROFILE, profile, {"precision": precision})
-        sparse = recipe.targets.tensorrt.sparse_weights
-        (out_dir / SCRIPT).write_text(build_script(profile, recipe.targets.tensorrt, sparse))
+        cfg = settings(recipe)
+        (out_dir / SCRIPT).write_text(build_script(profile, cfg, cfg.sparse_weights))
         (out_dir / SCRIPT).chmod(0o755)
         details["parity"] = _write_parity(out_dir / PARITY, onnx_path, recipe)
         details["engine"] = self._engine_here(out_dir, recipe, details["rules"]["errors"])
@@ -111,7 +130,7 @@ class TensorRtTarget:
     ) -> TrtSession:
         from mmedge.targets.tensorrt.session import TrtSession
 
-        return TrtSession(artifact.parent, recipe, precision, config)
+        return TrtSession(artifact.parent, recipe, precision, config).expecting(recipe)
 
     def load_here(
         self, artifact: Path, recipe: Recipe, precision: str, config: SessionConfig
@@ -122,12 +141,28 @@ class TensorRtTarget:
         # without TensorRT can say about it; the engine's own figures come from the device.
         from mmedge.targets.onnxruntime import OrtSession
 
-        return OrtSession(artifact, config.threads, extra_outputs=config.extra_outputs)
+        session = OrtSession(artifact, config.threads, extra_outputs=config.extra_outputs)
+        return session.expecting(recipe)
 
     def search_space(self) -> SearchSpace:
         from mmedge.quantize.space import QdqSpace
 
         return QdqSpace(types=False)  # TensorRT's rules fix types and Q/DQ placement
+
+
+SPEC = TargetSpec(
+    name="tensorrt",
+    factory=TensorRtTarget,
+    config=TensorRtConfig,
+    precisions=("fp32", "fp16", "int8"),
+    extra="tensorrt",
+    packages=("tensorrt",),
+    summary="TensorRT (NVIDIA GPUs, Jetson): a checked bundle here, the engine on the device",
+    on_device=True,
+    default_variants=("tensorrt-int8",),
+    calibration_methods=True,
+    rules="mmedge.targets.tensorrt.commands:check_bundle",
+)
 
 
 def _write_parity(out: Path, fp32: Path, recipe: Recipe) -> dict[str, Any]:
@@ -136,10 +171,6 @@ def _write_parity(out: Path, fp32: Path, recipe: Recipe) -> dict[str, Any]:
     from mmedge.targets.onnxruntime import OrtSession
 
     session = OrtSession(fp32, threads=2)
-    try:
+    with session:
         data = open_compare_data(recipe)
-        return write_parity(
-            out, data, recipe.targets.tensorrt.parity_samples, session.run, recipe.outputs
-        )
-    finally:
-        session.close()
+        return write_parity(out, data, settings(recipe).parity_samples, session.run, recipe.outputs)

@@ -19,7 +19,8 @@ import numpy as np
 from mmedge.calibration import DataSource
 from mmedge.errors import InputSpecError
 from mmedge.inputs import Point, concrete_shape
-from mmedge.recipe import Recipe, TensorRtTarget
+from mmedge.recipe import Recipe
+from mmedge.targets.tensorrt.config import TensorRtConfig
 
 PROFILE = "profile.json"
 SCRIPT = "build_engine.sh"
@@ -90,7 +91,7 @@ def _shape_arg(profile: Profile, point: str) -> str:
 
 
 def trtexec_command(
-    major: int, profile: Profile, cfg: TensorRtTarget, sparse: bool = False
+    major: int, profile: Profile, cfg: TensorRtConfig, sparse: bool = False
 ) -> list[str]:
     """The trtexec line for TensorRT ``major`` (10 or 11).
 
@@ -119,7 +120,7 @@ def trtexec_command(
     return cmd
 
 
-def build_script(profile: Profile, cfg: TensorRtTarget, sparse: bool = False) -> str:
+def build_script(profile: Profile, cfg: TensorRtConfig, sparse: bool = False) -> str:
     lines = {
         m: " ".join(shlex.quote(a) for a in trtexec_command(m, profile, cfg, sparse))
         for m in (10, 11)

@@ -31,9 +31,11 @@ from mmedge.targets.tensorrt.bundle import (
     check_profile,
     read_profile,
 )
+from mmedge.targets.tensorrt.config import settings
 
 if TYPE_CHECKING:
-    from mmedge.recipe import Recipe, TensorRtTarget
+    from mmedge.recipe import Recipe
+    from mmedge.targets.tensorrt.config import TensorRtConfig
 
 
 def tensorrt_version() -> str | None:
@@ -87,7 +89,7 @@ def build_engine(directory: Path, recipe: Recipe, options: BuildOptions) -> dict
         return _build_with_trtexec(directory, version, options)
     from mmedge.targets.tensorrt.cuda import device_info
 
-    gpu = device_info(recipe.targets.tensorrt.cuda_device)
+    gpu = device_info(settings(recipe).cuda_device)
     start = time.perf_counter()
     plan = _build_with_api(directory, recipe, profile, options)
     meta = engine_metadata(
@@ -136,7 +138,7 @@ def _build_with_api(
 ) -> bytes:
     import tensorrt as trt
 
-    cfg: TensorRtTarget = recipe.targets.tensorrt
+    cfg: TensorRtConfig = settings(recipe)
     logger = collecting_logger()
     builder = trt.Builder(logger)
     strong = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)

@@ -18,6 +18,7 @@ import onnx
 from mmedge.branches import nodes_by_branch
 from mmedge.errors import require
 from mmedge.recipe import Recipe
+from mmedge.targets.tensorrt.config import settings
 
 
 def convert_to_fp16(src: Path, dst: Path, recipe: Recipe) -> dict[str, Any]:
@@ -27,7 +28,7 @@ def convert_to_fp16(src: Path, dst: Path, recipe: Recipe) -> dict[str, Any]:
     model = onnx.load(str(src))
     by_branch = nodes_by_branch(model, recipe.branches)
     keep_nodes = [n for branch in recipe.quantization.keep_fp32 for n in by_branch[branch]]
-    keep_ops = list(recipe.targets.tensorrt.fp16_keep_fp32_ops)
+    keep_ops = list(settings(recipe).fp16_keep_fp32_ops)
     converted = convert_float_to_float16(
         model, keep_io_types=True, op_block_list=keep_ops, node_block_list=keep_nodes
     )

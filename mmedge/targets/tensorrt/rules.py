@@ -10,16 +10,16 @@ activation scales, Q/DQ at the inputs of Conv/MatMul/Gemm, normalizations left u
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from mmedge.branches import branch_of, scope_of
+from mmedge.findings import Finding, Severity, summary
 
-Severity = Literal["error", "warning"]
+__all__ = ["Finding", "check_model", "summary"]
+
 
 # onnx-tensorrt docs/operators.md (TensorRT 10.15): operators marked N.
 UNSUPPORTED_OPS = frozenset(
@@ -72,18 +72,6 @@ OPSET_RANGE = (9, 24)  # TensorRT 10.15's parser; 10.0 read up to 20
 WEIGHTED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 HIGH_PRECISION_OPS = ("LayerNormalization", "Softmax")
 _QUANTIZED_TYPES = {onnx.TensorProto.INT8, onnx.TensorProto.INT4, onnx.TensorProto.FLOAT8E4M3FN}
-
-
-@dataclass(frozen=True)
-class Finding:
-    severity: Severity
-    rule: str
-    node: str
-    branch: str
-    message: str
-
-    def to_json(self) -> dict[str, str]:
-        return asdict(self)
 
 
 class _Graph:
@@ -333,12 +321,3 @@ def check_model(
     if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
         found += check_placement(g, set(kept_fp32))
     return sorted(found, key=lambda f: (f.severity != "error", f.rule, f.node))
-
-
-def summary(findings: list[Finding]) -> dict[str, Any]:
-    errors = [f for f in findings if f.severity == "error"]
-    return {
-        "errors": len(errors),
-        "warnings": len(findings) - len(errors),
-        "findings": [f.to_json() for f in findings],
-    }

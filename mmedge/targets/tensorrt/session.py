@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmedge.errors import ArtifactError, DependencyMissing
+from mmedge.targets import Session
 from mmedge.targets.tensorrt.bundle import ENGINE, ENGINE_META, check_shapes
+from mmedge.targets.tensorrt.config import settings
 from mmedge.targets.tensorrt.cuda import Buffer, Stream, Timer, device_info
 from mmedge.targets.tensorrt.engine import (
     check_engine_compatible,
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from mmedge.targets import SessionConfig
 
 
-class TrtSession:
+class TrtSession(Session):
     def __init__(
         self, directory: Path, recipe: Recipe, precision: str, config: SessionConfig
     ) -> None:
@@ -47,7 +49,7 @@ class TrtSession:
                 f"{directory} has no {ENGINE} yet",
                 hint=f"build it on this device: mmedge build {directory}",
             )
-        device = recipe.targets.tensorrt.cuda_device
+        device = settings(recipe).cuda_device
         self.info = {"tensorrt_version": version, **device_info(device)}
         check_engine_compatible(json.loads((directory / ENGINE_META).read_text()), self.info)
         self.recipe = recipe
@@ -105,7 +107,7 @@ class TrtSession:
         if not self._context.execute_async_v3(int(self._stream)):
             raise ArtifactError("TensorRT failed to execute the engine")
 
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         outputs = self._bind(feeds)
         self._execute()
         for name, array in outputs.items():
@@ -113,7 +115,7 @@ class TrtSession:
         self._stream.synchronize()
         return outputs
 
-    def prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
+    def _prepare(self, feeds: Mapping[str, np.ndarray]) -> Callable[[], float | None]:
         self._bind(feeds)
 
         def call() -> float:
