@@ -147,6 +147,7 @@ REGISTRY: dict[str, str] = {
     "onnxruntime": "mmedge.targets.onnxruntime:SPEC",
     "openvino": "mmedge.targets.openvino:SPEC",
     "tensorrt": "mmedge.targets.tensorrt:SPEC",
+    "executorch": "mmedge.targets.executorch:SPEC",
 }
 
 ENTRY_POINT_GROUP = "mmedge.targets"
