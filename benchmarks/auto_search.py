@@ -50,8 +50,8 @@ def _realmodel_ready() -> str | None:
 
 
 def _search(name: str, target: str, gate: float, tmp: Path, fp32_bytes: int) -> dict[str, Any]:
+    from mmedge.artifacts import build_artifact
     from mmedge.errors import AccuracyError
-    from mmedge.pipeline import build_artifact
 
     recipe = _recipe(name, gate)
     out = tmp / f"{name}-{target}"
@@ -96,8 +96,8 @@ def _nncf_accuracy_control(name: str, gate: float, tmp: Path, ours: Path | None)
     import nncf
     import openvino as ov
 
-    from mmedge.calibration import open_calibration
-    from mmedge.pipeline import _fp32_onnx
+    from mmedge.artifacts import _fp32_onnx
+    from mmedge.data.datasets import open_calibration
     from mmedge.quantize.evaluate import Validation
     from mmedge.quantize.nncf import Samples
     from mmedge.run.latency import interleaved_p50
@@ -191,7 +191,7 @@ def main() -> None:
     # about a minute on the reference model, far longer than this machine allows on a 24 M one.
     parser.add_argument("--nncf-models", default="reference")
     args = parser.parse_args()
-    from mmedge.pipeline import build_artifact
+    from mmedge.artifacts import build_artifact
 
     results: list[dict[str, Any]] = []
     nncf_ac: list[dict[str, Any]] = []

@@ -40,8 +40,8 @@ def build_once(raw: Path, out: Path) -> dict[str, Any]:
 def accuracy_with_rebuilt_set(tmp: Path) -> dict[str, float]:
     """INT8 (ONNX Runtime) held-out accuracy calibrated on the shipped shards vs on the same
     256 samples rebuilt from raw files (seed 1000 = the shipped set's draws)."""
-    from mmedge.calib.build import build_calibration
-    from mmedge.pipeline import compare_artifact
+    from mmedge.artifacts import compare_artifact
+    from mmedge.data.build import build_calibration
     from mmedge.recipe import load_recipe
 
     raw, calib = tmp / "raw-accuracy", tmp / "calib-accuracy"

@@ -39,7 +39,7 @@ def build(
     overrides: dict[str, Any] | None = None,
     target: str = "onnxruntime",
 ) -> dict[str, Any]:
-    from mmedge.pipeline import build_artifact
+    from mmedge.artifacts import build_artifact
     from mmedge.recipe import load_recipe
 
     recipe = load_recipe(RECIPES[recipe_name], overrides)

@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import build, interleaved, median, paired_ratio, table, write_results
-from mmedge.pipeline import bench_artifact, compare_artifact
+from benchmarks.common import build, interleaved, median, paired_interval, table, write_results
+from mmedge.artifacts import bench_artifact, compare_artifact
 
 BATCHES = (1, 8)
 
@@ -50,8 +50,15 @@ def latency(root: Path, recipe: str, rounds: int) -> dict[str, Any]:
             )
     found = interleaved(calls, rounds)
     p50 = {key: median(values) for key, values in found.items()}
-    speedup = {f"b{b}": paired_ratio(found[f"fp32/b{b}"], found[f"int8/b{b}"]) for b in BATCHES}
-    return {"p50_ms": p50, "int8_speedup": speedup, "rounds": found}
+    intervals = {
+        f"b{b}": paired_interval(found[f"fp32/b{b}"], found[f"int8/b{b}"]) for b in BATCHES
+    }
+    return {
+        "p50_ms": p50,
+        "int8_speedup": {k: i.median for k, i in intervals.items()},
+        "int8_speedup_interval": {k: i.to_json() for k, i in intervals.items()},
+        "rounds": found,
+    }
 
 
 def main() -> None:
@@ -114,16 +121,20 @@ def _markdown(results: dict[str, Any], rounds: int) -> str:
                     b,
                     f"{lat['p50_ms'][f'fp32/b{b}']:.3f}",
                     f"{lat['p50_ms'][f'int8/b{b}']:.3f}",
-                    f"{lat['int8_speedup'][f'b{b}']:.2f}x",
+                    _interval(lat["int8_speedup_interval"][f"b{b}"]),
                 ]
             )
     text += (
         f"Latency, ONNX Runtime CPU, 2 threads, opt shapes, {rounds} rounds alternating all "
         "variants. p50 columns: median over rounds; speed-up: median over rounds of the "
-        "per-round FP32/INT8 ratio.\n\n"
+        "per-round FP32/INT8 ratio [95% bootstrap interval].\n\n"
     )
     text += table(["recipe", "batch", "FP32 p50 ms", "INT8 p50 ms", "INT8 speed-up"], rows)
     return text
+
+
+def _interval(i: dict[str, float]) -> str:
+    return f"{i['median']:.2f}x [{i['low']:.2f}, {i['high']:.2f}]"
 
 
 if __name__ == "__main__":

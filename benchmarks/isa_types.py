@@ -88,7 +88,7 @@ def _measure(fp32: Path, int8: Path, data: Path, emulate: bool) -> dict[str, flo
 
 
 def _variants(recipe_path: Path, label: str, tmp: Path) -> list[dict[str, Any]]:
-    from mmedge.pipeline import build_artifact
+    from mmedge.artifacts import build_artifact
     from mmedge.recipe import load_recipe
 
     fp32_dir = tmp / f"{label}-fp32"
@@ -126,7 +126,7 @@ def main() -> None:
     if args.agree:
         print(json.dumps(agreement(*args.agree)))
         return
-    from mmedge.pruning import prune_artifact
+    from mmedge.prune.artifact import prune_artifact
     from mmedge.recipe import load_recipe
 
     results: list[dict[str, Any]] = []

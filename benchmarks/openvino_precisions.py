@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import build, interleaved, median, paired_ratio, table, write_results
-from mmedge.pipeline import bench_artifact, compare_artifact
+from mmedge.artifacts import bench_artifact, compare_artifact
 
 VARIANTS = {  # name: (precision, recipe overrides)
     "fp32": ("fp32", None),

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import build, interleaved, median, paired_ratio, table, write_results
+from mmedge.artifacts import bench_artifact, open_artifact
 from mmedge.inputs import dummy_feeds
-from mmedge.pipeline import bench_artifact, open_artifact
 
 
 def benchmark_app(

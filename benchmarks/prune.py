@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RECIPES, interleaved, median, paired_ratio, table, write_results
-from mmedge.pipeline import bench_artifact, build_artifact, compare_artifact
+from mmedge.artifacts import bench_artifact, build_artifact, compare_artifact
 from mmedge.recipe import Recipe, load_recipe
 
 BATCHES = (1, 8)
@@ -39,7 +39,7 @@ def independent_macs(recipe: Recipe, pruned: bool) -> dict[str, int]:
     from mmedge.export import trace_feeds
     from mmedge.inputs import dummy_feeds
     from mmedge.model import load_torch_model
-    from mmedge.prune import structured_prune
+    from mmedge.prune.structured import structured_prune
 
     model = load_torch_model(recipe)
     if pruned:
@@ -72,7 +72,7 @@ def _without_bias(module: Any, count: int) -> int:
 
 
 def prune_and_build(root: Path, name: str) -> dict[str, Any]:
-    from mmedge.pruning import RECIPE, prune_artifact
+    from mmedge.prune.artifact import RECIPE, prune_artifact
 
     recipe = load_recipe(RECIPES[name])
     manifest = prune_artifact(recipe, root / f"{name}-pruned", force=True)

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from benchmarks.common import RESULTS, interleaved, median, table, write_results
-from mmedge.pipeline import bench_artifact, build_artifact
+from mmedge.artifacts import bench_artifact, build_artifact
 from mmedge.recipe import load_recipe
 
 BATCHES = (1, 8)
@@ -37,7 +37,7 @@ COSINE_GOAL = 0.99
 
 
 def speed(root: Path, rounds: int) -> dict[str, Any]:
-    from mmedge.pruning import RECIPE, prune_artifact
+    from mmedge.prune.artifact import RECIPE, prune_artifact
     from tests.zoo import zoo_recipe
 
     path = zoo_recipe(
@@ -92,12 +92,12 @@ def distill(
 ) -> dict[str, Any]:
     import torch
 
-    from mmedge.calibration import open_calibration
+    from mmedge.data.datasets import open_calibration
     from mmedge.export import trace_feeds
     from mmedge.model import load_torch_model
-    from mmedge.prune import structured_prune
+    from mmedge.prune.recover import recover
+    from mmedge.prune.structured import structured_prune
     from mmedge.recipe import PruneConfig, RecoverConfig
-    from mmedge.recover import recover
     from tests.pretrained import docs_sentences, tokenized, write_docs_shards
 
     held = 256

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import build, table, write_results
-from mmedge.pipeline import compare_artifact
+from mmedge.artifacts import compare_artifact
 from mmedge.recipe import QuantOp
 
 POLICIES: dict[str, list[str] | None] = {

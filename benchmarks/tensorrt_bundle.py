@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.common import RECIPES, table, write_results
-from mmedge.calibration import open_compare_data
+from mmedge.artifacts import build_artifact
 from mmedge.compare import accuracy, output_metrics, top1_agreement
+from mmedge.data.datasets import open_compare_data
 from mmedge.model import load_torch_model, torch_runner
-from mmedge.pipeline import build_artifact
 from mmedge.recipe import load_recipe
 from mmedge.targets.onnxruntime import OrtSession
 

@@ -295,7 +295,7 @@ def _build(
     as_json: bool,
     auto: bool = False,
 ) -> None:
-    from mmedge.pipeline import build_artifact
+    from mmedge.artifacts import build_artifact
 
     recipe = _load(recipe_path, overrides)
     out = out or _default_out(recipe, target, precision)
@@ -311,7 +311,7 @@ def _build(
 @_handled
 def inspect(recipe: Path = RecipeArg, as_json: bool = JsonOpt) -> None:
     """Inputs, dynamic axes, branches, and parameters and MACs per branch."""
-    from mmedge.pipeline import inspect_recipe
+    from mmedge.artifacts import inspect_recipe
 
     data = inspect_recipe(_load(recipe, {}))
     console.print_json(data) if as_json else console.inspect(data)
@@ -412,7 +412,7 @@ def compare(
 ) -> None:
     """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails. A pruned
     model's artifact is also compared with the model before pruning."""
-    from mmedge.pipeline import compare_artifact, enforce_gate
+    from mmedge.artifacts import compare_artifact, enforce_gate
 
     with console.status(not as_json) as progress:
         progress("comparing")
@@ -444,7 +444,7 @@ def bench(
     as_json: bool = JsonOpt,
 ) -> None:
     """Latency percentiles, throughput and peak memory of an artifact on this machine."""
-    from mmedge.pipeline import bench_artifact
+    from mmedge.artifacts import bench_artifact
 
     overrides = {
         "iterations": iterations,
@@ -502,7 +502,7 @@ def prune(
     as_json: bool = JsonOpt,
 ) -> None:
     """Structured pruning per branch, optional sparsity, and accuracy recovery by distillation."""
-    from mmedge.pruning import prune_artifact
+    from mmedge.prune.artifact import prune_artifact
 
     overrides: dict[str, Any] = {}
     for key, value in (
@@ -539,9 +539,9 @@ def check(
 ) -> None:
     """Check an artifact against its target's rules (TensorRT: parser and quantization rules);
     exit 12 on errors."""
+    from mmedge.artifacts import check_artifact
     from mmedge.errors import RuleViolation
     from mmedge.findings import summary
-    from mmedge.pipeline import check_artifact
 
     findings = check_artifact(directory)
     data = summary(findings)
@@ -682,7 +682,7 @@ def calib_build(
     as_json: bool = JsonOpt,
 ) -> None:
     """Preprocess raw files into a sharded .npz calibration set with manifest and preprocess.json."""
-    from mmedge.calib.build import build_calibration
+    from mmedge.data.build import build_calibration
 
     loaded = _load(recipe, {})
     with console.counting(not as_json) as progress:
@@ -724,7 +724,7 @@ def calib_inspect(
     as_json: bool = JsonOpt,
 ) -> None:
     """Statistics of a calibration set and warnings (constant inputs, NaN, token ids, shapes)."""
-    from mmedge.calib.inspect import inspect_set
+    from mmedge.data.inspect import inspect_set
     from mmedge.errors import InputSpecError
 
     loaded = _load(recipe, {}) if recipe is not None else None

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.errors import InputSpecError
 from mmedge.recipe import CompareGate
 

@@ -104,7 +104,7 @@ def _load_weights(model: nn.Module, src: ModelSource) -> None:
     if not isinstance(state, Mapping):
         raise ModelLoadError(f"{path} holds {type(state).__name__}, expected a state dict")
     if src.shapes is not None:
-        from mmedge.reshape import apply_shapes
+        from mmedge.prune.shapes import apply_shapes
 
         apply_shapes(model, src.shapes, state)
     try:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from mmedge.branches import UNASSIGNED, branch_of, scope_of_name
-from mmedge.calibration import open_compare_data
 from mmedge.compare import compare_runners
+from mmedge.data.datasets import open_compare_data
 from mmedge.errors import ArtifactError
 from mmedge.recipe import Recipe
 from mmedge.rundir import atomic_write_json
@@ -71,7 +71,7 @@ def branch_parity(
 ) -> dict[str, Any]:
     """Per-branch metrics of the artifact in ``directory`` against the FP32 ONNX Runtime
     artifact in ``reference_dir``; saved as ``directory/parity.json``."""
-    from mmedge.pipeline import open_artifact
+    from mmedge.artifacts import open_artifact
 
     manifest, recipe, artifact = open_artifact(directory)
     ref_manifest, _, ref_artifact = open_artifact(reference_dir)

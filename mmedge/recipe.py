@@ -327,7 +327,7 @@ class SparsityConfig(StrictConfig):
 
 class DataFactory(StrictConfig):
     """A data source made by Python code: ``package.module:function`` called with ``kwargs``,
-    returning an mmedge data source (``mmedge.calibration.DataSource``)."""
+    returning an mmedge data source (``mmedge.data.datasets.DataSource``)."""
 
     factory: str
     kwargs: dict[str, Any] = Field(default_factory=dict)

@@ -160,7 +160,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
 
     Tests that write into these directories (compare.json, bench-*.json) only add files.
     """
-    from mmedge.pipeline import build_artifact
+    from mmedge.artifacts import build_artifact
     from mmedge.recipe import load_recipe
 
     root = tmp_path_factory.mktemp("built")

@@ -14,8 +14,8 @@ import onnx
 import torch
 from pydantic import Field
 
-from mmedge.calibration import DataSource
 from mmedge.config import StrictConfig
+from mmedge.data.datasets import DataSource
 from mmedge.quantize.space import QdqSpace, SearchSpace
 from mmedge.recipe import Recipe
 from mmedge.targets import BuildResult, Probe, Session, SessionConfig, TargetSpec

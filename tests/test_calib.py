@@ -17,8 +17,8 @@ import soundfile as sf
 import yaml
 from typer.testing import CliRunner, Result
 
-from mmedge.calibration import ShardDataset, open_calibration
 from mmedge.cli import app
+from mmedge.data.datasets import ShardDataset, open_calibration
 from mmedge.preprocess import Preprocessor
 from mmedge.recipe import load_recipe
 from mmedge.reference import data

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmedge.calibration import ShardDataset, SyntheticDataset, open_calibration, open_eval
+from mmedge.data.datasets import ShardDataset, SyntheticDataset, open_calibration, open_eval
 from mmedge.errors import InputSpecError
 from mmedge.recipe import Recipe, load_recipe
 from tests.conftest import tiny_feeds, write_shards

@@ -91,7 +91,7 @@ class _Fixed:
     label_key = "label"
 
     def batches(self, batch: int):  # type: ignore[no-untyped-def]
-        from mmedge.calibration import Batch
+        from mmedge.data.datasets import Batch
 
         yield Batch({"x": np.eye(3, dtype=np.float32)}, np.array([0, 1, 2]))
         yield Batch({"x": np.eye(3, dtype=np.float32)[::-1]}, np.array([2, 1, 0]))
@@ -114,7 +114,7 @@ def test_compare_runners_accumulates_over_batches() -> None:
 
 def test_unlabelled_eval_is_compared_by_agreement(tmp_path: Path) -> None:
     """`eval.label_key: null`: no accuracy, agreement and the output metrics still gate."""
-    from mmedge.pipeline import build_artifact, compare_artifact
+    from mmedge.artifacts import build_artifact, compare_artifact
     from mmedge.recipe import load_recipe
     from tests.conftest import write_recipe
 
@@ -172,7 +172,7 @@ def test_pytorch_reference_outputs_are_cached(
     """The second compare of the same model and data does not load PyTorch's model at all; a
     changed input misses the cache."""
     import mmedge.model
-    from mmedge.pipeline import build_artifact, compare_artifact
+    from mmedge.artifacts import build_artifact, compare_artifact
     from mmedge.recipe import load_recipe
     from tests.conftest import write_recipe
 

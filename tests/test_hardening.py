@@ -211,12 +211,12 @@ def test_results_a_directory_refuses_cost_the_copy_not_the_measurement(
     built: Built, monkeypatch: pytest.MonkeyPatch, code: int
 ) -> None:
     """Root ignores permission bits, so the refusal is injected where the result is written."""
-    import mmedge.pipeline
+    import mmedge.artifacts
 
     def refuse(path: Path, data: Any) -> None:
         raise OSError(code, os.strerror(code), str(path))
 
-    monkeypatch.setattr(mmedge.pipeline, "atomic_write_json", refuse)
+    monkeypatch.setattr(mmedge.artifacts, "atomic_write_json", refuse)
     result = run("bench", built.fp32, "--iterations", "3", "--warmup", "0", "--json")
     assert result.exit_code == 0, result.stderr
     warnings = json.loads(result.stdout)["warnings"]
@@ -230,7 +230,7 @@ def test_results_a_directory_refuses_cost_the_copy_not_the_measurement(
 def test_disk_full_while_building_a_calibration_set(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmedge.calib.build
+    import mmedge.data.build
     from mmedge.reference import data
     from mmedge.reference.raw import write_raw
 
@@ -239,7 +239,7 @@ def test_disk_full_while_building_a_calibration_set(
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(args[0]))
 
-    monkeypatch.setattr(mmedge.calib.build.np, "savez_compressed", full)
+    monkeypatch.setattr(mmedge.data.build.np, "savez_compressed", full)
     reference = REPO / "recipes" / "reference.yaml"
     out = tmp_path / "calib"
     result = run("calib", "build", reference, "--from", tmp_path / "raw", "-o", out)
@@ -406,14 +406,14 @@ def test_sigterm_is_handled_as_ctrl_c(tmp_path: Path) -> None:
 def test_an_internal_error_is_short_and_logged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmedge.pipeline
+    import mmedge.artifacts
 
     def bug(*args: Any, **kwargs: Any) -> None:
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setenv("MMEDGE_LOG_DIR", str(tmp_path / "logs"))
     monkeypatch.delenv("MMEDGE_DEBUG", raising=False)
-    monkeypatch.setattr(mmedge.pipeline, "inspect_recipe", bug)
+    monkeypatch.setattr(mmedge.artifacts, "inspect_recipe", bug)
     result = run("inspect", write_recipe(tmp_path))
     assert result.exit_code == 1
     assert "internal error: ZeroDivisionError: a bug" in result.stderr

@@ -10,9 +10,9 @@ import pytest
 from onnx import TensorProto
 
 from mmedge import hardware
+from mmedge.artifacts import build_artifact, compare_artifact
 from mmedge.errors import RecipeError
 from mmedge.hardware import PROFILES, classify
-from mmedge.pipeline import build_artifact, compare_artifact
 from mmedge.quantize import isa
 from mmedge.quantize.isa import kernel_mismatch, nncf_overflow_fix, ort_types
 from mmedge.recipe import load_recipe
@@ -131,7 +131,7 @@ def test_kernel_mismatch_warning() -> None:
 def test_compare_and_bench_warn_on_another_cpu_class(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mmedge.pipeline import bench_artifact
+    from mmedge.artifacts import bench_artifact
 
     recipe = load_recipe(write_recipe(tmp_path, {"quantization.isa": "x86-vnni"}))
     build_artifact(recipe, "onnxruntime", "int8", tmp_path / "int8")

@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 from PIL import Image
 
-from mmedge.calib.sampling import choose, zeroed
+from mmedge.data.sampling import choose, zeroed
 from mmedge.errors import InputSpecError, RecipeError
 from mmedge.preprocess import (
     ArrayPrep,

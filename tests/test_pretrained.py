@@ -13,12 +13,12 @@ import pytest
 import torch
 import yaml
 
-from mmedge.calibration import open_calibration
+from mmedge.data.datasets import open_calibration
 from mmedge.export import trace_feeds
 from mmedge.model import load_torch_model
-from mmedge.prune import structured_prune
+from mmedge.prune.recover import recover
+from mmedge.prune.structured import structured_prune
 from mmedge.recipe import PruneConfig, RecoverConfig, load_recipe
-from mmedge.recover import recover
 from tests.pretrained import minilm_dir, write_docs_shards
 
 pytest.importorskip("transformers")

@@ -25,8 +25,8 @@ import yaml
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
 from hypothesis import strategies as st
 
-from mmedge.calib.inspect import inspect_set
-from mmedge.calibration import ShardDataset, read_npz
+from mmedge.data.datasets import ShardDataset, read_npz
+from mmedge.data.inspect import inspect_set
 from mmedge.errors import ArtifactError, InputSpecError, OutputExistsError, RecipeError
 from mmedge.recipe import Recipe, load_recipe, parse_recipe
 from mmedge.run.report import rerender

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mmedge.cli import app
 from mmedge.model import load_torch_model
-from mmedge.prune import apply_sparsity, remove_masks, structured_prune
+from mmedge.prune.structured import apply_sparsity, remove_masks, structured_prune
 from mmedge.recipe import PruneConfig, load_recipe
 from tests.conftest import REFERENCE, tiny_feeds, write_recipe
 
@@ -337,7 +337,7 @@ def test_a_pruned_model_with_a_recipe_whose_inputs_differ(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_recovery_restores_accuracy_on_the_reference_model(tmp_path: Path) -> None:
-    from mmedge.pruning import prune_artifact
+    from mmedge.prune.artifact import prune_artifact
 
     recipe = load_recipe(
         REFERENCE, {"prune.recover.epochs": 3, "prune.recover.data.kwargs.samples": 1024}
@@ -353,9 +353,9 @@ def test_recovery_freezes_untouched_branches_and_undoes_a_collapse(tmp_path: Pat
     """Pretrained branches pruning left whole do not train; a recovery that destroys the model
     (here: a learning rate far too high, as a pretrained encoder at 3e-3 was in the audit) is
     caught by its own checks and undone, and the report says so."""
-    from mmedge.calibration import open_calibration
+    from mmedge.data.datasets import open_calibration
+    from mmedge.prune.recover import recover
     from mmedge.recipe import RecoverConfig
-    from mmedge.recover import recover
 
     recipe = load_recipe(write_recipe(tmp_path))
     teacher = load_torch_model(recipe)
@@ -381,12 +381,12 @@ def test_a_model_that_cannot_be_pruned_fails_before_any_measurement(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A structural failure costs seconds: nothing is exported or timed before pruning ran."""
-    import mmedge.pruning
+    import mmedge.prune.artifact
 
     def no_measuring(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("measured before pruning was known to work")
 
-    monkeypatch.setattr(mmedge.pruning, "_measure", no_measuring)
+    monkeypatch.setattr(mmedge.prune.artifact, "_measure", no_measuring)
     result = _prune_cli(
         tmp_path,
         {"model.factory": "tests.models:fixed_width"},

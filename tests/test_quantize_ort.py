@@ -12,8 +12,8 @@ import pytest
 from onnx import numpy_helper
 
 from mmedge.branches import nodes_by_branch
-from mmedge.calibration import open_calibration
 from mmedge.compare import output_metrics
+from mmedge.data.datasets import open_calibration
 from mmedge.errors import InputSpecError, RecipeError
 from mmedge.export import export_onnx
 from mmedge.model import load_torch_model, torch_runner

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmedge.pipeline import build_artifact, compare_artifact
+from mmedge.artifacts import build_artifact, compare_artifact
 from mmedge.recipe import load_recipe
 from mmedge.reference import data
 from mmedge.reference.train import CALIB_SAMPLES, EVAL_SAMPLES, SHARD, WEIGHTS

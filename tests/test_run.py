@@ -161,23 +161,23 @@ def test_rerun_skips_unchanged_steps_and_force_redoes_one(
 
 
 def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import mmedge.pipeline
+    import mmedge.artifacts
 
     recipe = recipe_in(tmp_path, {"run.variants": ["onnxruntime-fp32", "onnxruntime-int8"]})
-    real = mmedge.pipeline.bench_artifact
+    real = mmedge.artifacts.bench_artifact
 
     def interrupted(directory: Path, *args: Any, **kwargs: Any) -> Any:
         if directory.name == "onnxruntime-int8":
             raise KeyboardInterrupt
         return real(directory, *args, **kwargs)
 
-    monkeypatch.setattr(mmedge.pipeline, "bench_artifact", interrupted)
+    monkeypatch.setattr(mmedge.artifacts, "bench_artifact", interrupted)
     first = run("run", recipe, "-o", tmp_path / "run")
     assert first.exit_code == 130
     found = statuses(tmp_path / "run")
     assert found["bench:onnxruntime-int8"] == "interrupted"
     assert found["build:onnxruntime-int8"] == found["compare:onnxruntime-int8"] == "ok"
-    monkeypatch.setattr(mmedge.pipeline, "bench_artifact", real)
+    monkeypatch.setattr(mmedge.artifacts, "bench_artifact", real)
     second = run("run", recipe, "-o", tmp_path / "run", "--json")
     assert second.exit_code == 0, second.stderr
     found = statuses(tmp_path / "run")
@@ -188,19 +188,19 @@ def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch: pytest.Mon
 def test_a_failing_step_is_recorded_and_independent_steps_still_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mmedge.pipeline
+    import mmedge.artifacts
 
     recipe = recipe_in(
         tmp_path, {"run.variants": ["onnxruntime-fp32", "openvino-int8", "onnxruntime-int8"]}
     )
-    real = mmedge.pipeline.build_artifact
+    real = mmedge.artifacts.build_artifact
 
     def broken(recipe_: Any, target: str, precision: str, *args: Any, **kwargs: Any) -> Any:
         if target == "openvino":
             raise TargetBuildError("NNCF ran out of patience")
         return real(recipe_, target, precision, *args, **kwargs)
 
-    monkeypatch.setattr(mmedge.pipeline, "build_artifact", broken)
+    monkeypatch.setattr(mmedge.artifacts, "build_artifact", broken)
     result = run("run", recipe, "-o", tmp_path / "run")
     assert_user_error(result, 6, "1 step(s) failed, first build:openvino-int8")
     found = statuses(tmp_path / "run")

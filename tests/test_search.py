@@ -11,8 +11,8 @@ import onnx
 import pytest
 import yaml
 
+from mmedge.artifacts import build_artifact
 from mmedge.errors import AccuracyError, RecipeError
-from mmedge.pipeline import build_artifact
 from mmedge.quantize.search import workdir_for as search_workdir
 from mmedge.recipe import load_recipe
 from mmedge.run.report import _pareto
@@ -207,7 +207,7 @@ def test_failing_variant_is_never_pareto_optimal() -> None:
 
 
 def test_compare_names_the_branch_and_what_to_try(tmp_path: Path) -> None:
-    from mmedge.pipeline import compare_artifact
+    from mmedge.artifacts import compare_artifact
 
     path = _recipe(tmp_path, None, **{"compare.min_cosine": 0.9999})
     build_artifact(load_recipe(path), "onnxruntime", "int8", tmp_path / "int8")
@@ -221,7 +221,7 @@ def test_compare_names_the_branch_and_what_to_try(tmp_path: Path) -> None:
 
 
 def test_compare_against_an_artifact_needs_no_model_for_parity(tmp_path: Path) -> None:
-    from mmedge.pipeline import compare_artifact
+    from mmedge.artifacts import compare_artifact
 
     recipe = load_recipe(write_recipe(tmp_path, {"model.factory": "tests.models:failing_factory"}))
     ok = load_recipe(write_recipe(tmp_path / "ok"))

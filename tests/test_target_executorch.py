@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner, Result
 
+from mmedge.artifacts import build_artifact, compare_artifact, open_artifact
 from mmedge.cli import app
 from mmedge.errors import InputSpecError
 from mmedge.parity import parity_against
-from mmedge.pipeline import build_artifact, compare_artifact, open_artifact
 from mmedge.recipe import load_recipe
 from mmedge.targets import SessionConfig, get_target
 from tests.conftest import REFERENCE, tiny_feeds, write_recipe

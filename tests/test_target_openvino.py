@@ -12,12 +12,12 @@ import pytest
 from onnx import helper
 from typer.testing import CliRunner
 
+from mmedge.artifacts import bench_artifact, build_artifact, compare_artifact
 from mmedge.branches import branch_of, scope_of_name
 from mmedge.cli import app
 from mmedge.compare import output_metrics
 from mmedge.errors import DeviceUnavailable
 from mmedge.model import load_torch_model, torch_runner
-from mmedge.pipeline import bench_artifact, build_artifact, compare_artifact
 from mmedge.recipe import load_recipe
 from mmedge.targets import SessionConfig
 from mmedge.targets.openvino import OpenVinoConfig, OvSession, check_device, inference_precision

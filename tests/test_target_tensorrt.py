@@ -19,11 +19,11 @@ import onnx
 import pytest
 from typer.testing import CliRunner
 
+from mmedge.artifacts import build_artifact, check_artifact
 from mmedge.cli import app
 from mmedge.compare import output_metrics
 from mmedge.errors import ArtifactError, InputSpecError
 from mmedge.model import load_torch_model, torch_runner
-from mmedge.pipeline import build_artifact, check_artifact
 from mmedge.recipe import load_recipe
 from mmedge.targets.onnxruntime import OrtSession
 from mmedge.targets.tensorrt.bundle import (
@@ -283,8 +283,8 @@ def test_check_is_for_tensorrt_bundles(bundles: Path, built: object) -> None:
 
 @pytest.mark.slow
 def test_reference_bundles_are_checked_and_int8_keeps_accuracy(tmp_path: Path) -> None:
-    from mmedge.calibration import open_eval
     from mmedge.compare import accuracy
+    from mmedge.data.datasets import open_eval
 
     recipe = load_recipe(REFERENCE)
     manifest = build_artifact(recipe, "tensorrt", "int8", tmp_path / "int8")

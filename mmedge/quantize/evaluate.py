@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmedge.calibration import DataSource, open_calibration, open_eval
 from mmedge.compare import accuracy, cosine_per_sample, sqnr_db, top1_agreement
+from mmedge.data.datasets import DataSource, open_calibration, open_eval
 from mmedge.errors import InputSpecError, RecipeError
 from mmedge.inputs import Feeds
 from mmedge.recipe import AccuracyConfig, Recipe

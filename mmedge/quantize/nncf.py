@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from mmedge.branches import UNASSIGNED, branch_of, scope_of_name
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.inputs import Feeds
 from mmedge.logs import captured_output, write_log

@@ -27,7 +27,7 @@ from onnxruntime.quantization import (
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from mmedge.branches import nodes_by_branch
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.logs import captured_output, write_log
 from mmedge.quantize.isa import ort_types

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod
 
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.inputs import Feeds
 
 

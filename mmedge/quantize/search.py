@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from mmedge.branches import UNASSIGNED, branch_of, scope_of_name
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.errors import AccuracyError, RecipeError
 from mmedge.hashing import sha256_json
 from mmedge.progress import Status

@@ -199,7 +199,7 @@ class TrainingStream:
         self._passes = 0
 
     def batches(self, batch: int) -> Iterator[Any]:
-        from mmedge.calibration import Batch
+        from mmedge.data.datasets import Batch
 
         rng = np.random.default_rng((self.seed, self._passes))
         self._passes += 1

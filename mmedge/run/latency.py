@@ -42,8 +42,8 @@ def interleaved_p50(
 def interleaved_latency(
     directories: dict[str, Path], baseline: str, rounds: int, seconds: float, out: Path
 ) -> dict[str, Any]:
+    from mmedge.artifacts import bench_settings, load_session, open_artifact
     from mmedge.inputs import dummy_feeds
-    from mmedge.pipeline import bench_settings, load_session, open_artifact
     from mmedge.targets import Session, SessionConfig
 
     calls: dict[str, tuple[Callable[[], object], int]] = {}

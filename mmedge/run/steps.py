@@ -151,7 +151,7 @@ def _latency_step(ctx: RunContext, variants: list[str]) -> Step:
 
 
 def _prune_step(ctx: RunContext) -> Step:
-    from mmedge.pruning import _prune_sha, prune_artifact
+    from mmedge.prune.artifact import _prune_sha, prune_artifact
 
     def action() -> dict[str, Any]:
         manifest = prune_artifact(ctx.recipe, ctx.pruned_dir, force=True)
@@ -175,7 +175,7 @@ def _build_step(
     unavailable: str | None = None,
     baseline: bool = False,
 ) -> Step:
-    from mmedge.pipeline import build_artifact
+    from mmedge.artifacts import build_artifact
     from mmedge.quantize.isa import profile_name
 
     def recipe() -> Recipe:
@@ -215,9 +215,9 @@ def _build_step(
 
 
 def _check_step(ctx: RunContext, variant: str) -> Step:
+    from mmedge.artifacts import check_artifact
     from mmedge.errors import RuleViolation
     from mmedge.findings import summary
-    from mmedge.pipeline import check_artifact
 
     def action() -> dict[str, Any]:
         data = summary(check_artifact(ctx.artifact(variant)))
@@ -238,7 +238,7 @@ def _check_step(ctx: RunContext, variant: str) -> Step:
 def _compare_step(
     ctx: RunContext, variant: str, unavailable: str | None, baseline: bool = False
 ) -> Step:
-    from mmedge.pipeline import compare_artifact, enforce_gate
+    from mmedge.artifacts import compare_artifact, enforce_gate
 
     directory = ctx.artifact(variant)
 
@@ -294,8 +294,8 @@ def _parity_step(ctx: RunContext, variant: str, unavailable: str | None) -> Step
 
 
 def _bench_step(ctx: RunContext, variant: str, unavailable: str | None) -> Step:
+    from mmedge.artifacts import bench_artifact
     from mmedge.hardware import cpu_summary
-    from mmedge.pipeline import bench_artifact
 
     directory = ctx.artifact(variant)
     out = directory / "bench-run.json"

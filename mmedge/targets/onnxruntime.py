@@ -18,7 +18,7 @@ from mmedge.targets import BuildResult, Probe, Session, SessionConfig, TargetSpe
 if TYPE_CHECKING:
     import torch
 
-    from mmedge.calibration import DataSource
+    from mmedge.data.datasets import DataSource
     from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
 

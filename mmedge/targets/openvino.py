@@ -35,7 +35,7 @@ from mmedge.targets import (
 if TYPE_CHECKING:
     import torch
 
-    from mmedge.calibration import DataSource
+    from mmedge.data.datasets import DataSource
     from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
 

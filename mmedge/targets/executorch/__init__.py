@@ -21,7 +21,7 @@ from mmedge.targets import BuildResult, Probe, SessionConfig, TargetSpec
 if TYPE_CHECKING:
     import torch
 
-    from mmedge.calibration import DataSource
+    from mmedge.data.datasets import DataSource
     from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
     from mmedge.targets.executorch.session import ExecuTorchSession

@@ -28,7 +28,7 @@ from mmedge.logs import captured_output, write_log
 if TYPE_CHECKING:
     from torch import nn
 
-    from mmedge.calibration import DataSource
+    from mmedge.data.datasets import DataSource
     from mmedge.recipe import Recipe
     from mmedge.targets import BuildResult
     from mmedge.targets.executorch import ExecuTorchConfig

@@ -36,7 +36,7 @@ from mmedge.targets.tensorrt.rules import check_model, summary
 if TYPE_CHECKING:
     import torch
 
-    from mmedge.calibration import DataSource
+    from mmedge.data.datasets import DataSource
     from mmedge.quantize.space import SearchSpace
     from mmedge.recipe import Recipe
     from mmedge.targets.tensorrt.session import TrtSession
@@ -167,7 +167,7 @@ SPEC = TargetSpec(
 
 def _write_parity(out: Path, fp32: Path, recipe: Recipe) -> dict[str, Any]:
     """Real inputs and the FP32 graph's outputs for them (that graph matched PyTorch at export)."""
-    from mmedge.calibration import open_compare_data
+    from mmedge.data.datasets import open_compare_data
     from mmedge.targets.onnxruntime import OrtSession
 
     session = OrtSession(fp32, threads=2)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.errors import InputSpecError
 from mmedge.inputs import Point, concrete_shape
 from mmedge.recipe import Recipe
@@ -173,7 +173,7 @@ def read_profile(directory: Path) -> Profile:
 def parity_source(directory: Path, recipe: Recipe) -> tuple[Any, Any]:
     """The bundled parity set as a data source, and a runner that replays the recorded FP32
     outputs for it batch by batch (checking it is fed the same inputs, in order)."""
-    from mmedge.calibration import ArrayDataset
+    from mmedge.data.datasets import ArrayDataset
     from mmedge.errors import ArtifactError
 
     path = directory / PARITY

@@ -25,7 +25,7 @@ def build_engine_in_bundle(
     directory: Path, weak_fp16: bool, use_trtexec: bool, allow_violations: bool
 ) -> dict[str, Any]:
     """Build the bundle's engine on this machine and record it in the manifest."""
-    from mmedge.pipeline import check_artifact, open_artifact
+    from mmedge.artifacts import check_artifact, open_artifact
     from mmedge.rundir import write_manifest
     from mmedge.targets.tensorrt import bundle_files
     from mmedge.targets.tensorrt.engine import BuildOptions, build_engine

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.recipe import Recipe
 
 TENSORRT_OPS = ["Conv", "MatMul", "Gemm"]

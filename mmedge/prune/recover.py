@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mmedge.branches import UNASSIGNED, branch_of
-from mmedge.calibration import DataSource
+from mmedge.data.datasets import DataSource
 from mmedge.errors import InputSpecError, TargetBuildError
 from mmedge.model import ordered_args
 from mmedge.progress import TrainStep

@@ -308,7 +308,7 @@ def data_from_factory(spec: DataFactory, recipe: Recipe) -> DataSource:
     if not all(hasattr(data, a) for a in ("batches", "samples", "describe", "limited")):
         raise InputSpecError(
             f"data factory {spec.factory} returned {type(data).__name__}, expected a data source "
-            "(batches(), samples, describe(), limited(): see mmedge.calibration.DataSource)"
+            "(batches(), samples, describe(), limited(): see mmedge.data.datasets.DataSource)"
         )
     first = next(data.batches(1))
     validate_feeds(first.feeds, recipe, f"data factory {spec.factory}")

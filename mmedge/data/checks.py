@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from mmedge.calib.stats import NEAR_CONSTANT, SetStats
+from mmedge.data.stats import NEAR_CONSTANT, SetStats
 from mmedge.recipe import Recipe
 
 

@@ -1,7 +1,7 @@
 """`mmedge prune`: prune, sparsify, recover, measure before and after, save for every target.
 
 The pruned model keeps its class: its weights (``pruned.safetensors``) and the layer widths
-pruning changed (``pruned-shapes.json``, see mmedge/reshape.py) are saved beside a recipe that
+pruning changed (``pruned-shapes.json``, see mmedge/prune/shapes.py) are saved beside a recipe that
 builds it with the original factory, so export treats it exactly like the unpruned model (same
 exporter, same module names). A model that came as a ``torch.export`` program is saved as one
 (``pruned.pt2``). The report holds parameters, MACs and ONNX
@@ -20,23 +20,23 @@ import yaml
 
 from mmedge.bench import time_calls
 from mmedge.branches import time_by_branch
-from mmedge.calibration import (
+from mmedge.compare import accuracy
+from mmedge.data.datasets import (
     DataSource,
     ShardDataset,
     data_from_factory,
     open_calibration,
     open_eval,
 )
-from mmedge.compare import accuracy
 from mmedge.errors import InputSpecError, RecipeError
 from mmedge.export import dynamic_shapes, export_onnx, trace_feeds
 from mmedge.hashing import sha256_bytes
 from mmedge.inputs import dummy_feeds
 from mmedge.model import load_torch_model, ordered_args, torch_runner
 from mmedge.progress import Status, TrainStep, quiet
-from mmedge.prune import apply_sparsity, branch_ratios, remove_masks, structured_prune
+from mmedge.prune.recover import recover
+from mmedge.prune.structured import apply_sparsity, branch_ratios, remove_masks, structured_prune
 from mmedge.recipe import DataFactory, PruneConfig, Recipe
-from mmedge.recover import recover
 from mmedge.rundir import check_output_dir, staged_output, write_manifest
 from mmedge.stats import branch_stats, stats_json
 from mmedge.workspace import scratch_dir
@@ -232,7 +232,7 @@ def _save_model(
         return [stage / PROGRAM]
     from safetensors.torch import save_file
 
-    from mmedge.reshape import save_shapes
+    from mmedge.prune.shapes import save_shapes
 
     # Cloned: safetensors refuses tensors that share storage (tied weights).
     save_file(

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from mmedge.calib.checks import check
-from mmedge.calib.sampling import choose, zeroed
-from mmedge.calib.sources import SampleRef, read_source
-from mmedge.calib.stats import SetStats
+from mmedge.data.checks import check
+from mmedge.data.sampling import choose, zeroed
+from mmedge.data.sources import SampleRef, read_source
+from mmedge.data.stats import SetStats
 from mmedge.errors import InputSpecError
 from mmedge.hashing import sha256_bytes, sha256_file, sha256_json
 from mmedge.preprocess import Preprocessor, SampleError

@@ -11,9 +11,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mmedge.calib.checks import check
-from mmedge.calib.stats import SetStats
-from mmedge.calibration import read_npz
+from mmedge.data.checks import check
+from mmedge.data.datasets import read_npz
+from mmedge.data.stats import SetStats
 from mmedge.errors import InputSpecError
 from mmedge.recipe import Recipe
 

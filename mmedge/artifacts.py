@@ -15,8 +15,8 @@ from pydantic import ValidationError
 
 from mmedge.bench import BenchResult, summarize, time_calls
 from mmedge.branches import time_by_branch
-from mmedge.calibration import DataSource, open_calibration, open_compare_data
 from mmedge.compare import CompareReport, Runner, compare_runners, gate_failures
+from mmedge.data.datasets import DataSource, open_calibration, open_compare_data
 from mmedge.errors import (
     AccuracyError,
     ArtifactError,
