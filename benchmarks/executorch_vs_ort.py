@@ -2,7 +2,11 @@
 
 For each recipe: build ExecuTorch and ONNX Runtime artifacts at FP32 and INT8, compare each
 with PyTorch FP32 (the held-out split for `reference`, 32 synthetic samples for the
-random-weight `reference-large`), and time all four with `mmedge bench` in interleaved rounds.
+random-weight `reference-large`), and time them with `mmedge bench` in interleaved rounds. The
+ExecuTorch programs are built twice: with every axis dynamic, and with the audio `frames` axis
+fixed at its opt size (`targets.executorch.static_axes`), which lets XNNPACK take the audio
+Conv1d/BatchNorm1d. A static program is compared on the eval shards of that length only
+(`reference`), and not compared on `reference-large` (its synthetic set spans min to max).
 Latency ratios are ExecuTorch p50 over ONNX Runtime p50 at the same precision (below 1:
 ExecuTorch faster), each the median of per-round ratios with its 95% bootstrap interval. The
 build records what XNNPACK delegated and which ops fell back to portable kernels.
@@ -13,25 +17,67 @@ build records what XNNPACK delegated and which ops fell back to portable kernels
 from __future__ import annotations
 
 import argparse
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import build, interleaved, median, paired_interval, table, write_results
+import numpy as np
+
+from benchmarks.common import (
+    RECIPES,
+    build,
+    interleaved,
+    median,
+    paired_interval,
+    table,
+    write_results,
+)
 from mmedge.artifacts import bench_artifact, compare_artifact
 
-TARGETS = ("executorch", "onnxruntime")
+TARGETS = ("executorch", "executorch-static", "onnxruntime")
 PRECISIONS = ("fp32", "int8")
+STATIC = {"targets.executorch.static_axes": ["frames"]}
+
+
+def _frames_subset(recipe: str, root: Path) -> Path | None:
+    """The eval shards whose audio has the opt number of frames (what a static program takes)."""
+    from mmedge.recipe import load_recipe
+
+    loaded = load_recipe(RECIPES[recipe])
+    if loaded.eval is None:
+        return None
+    opt = loaded.axes["frames"].opt
+    out = root / f"{recipe}-eval-frames{opt}"
+    out.mkdir(exist_ok=True)
+    for shard in sorted(loaded.eval.path.glob("*.npz")):
+        with np.load(shard) as npz:
+            if npz["audio"].shape[-1] == opt:
+                shutil.copy(shard, out / shard.name)
+    return out
 
 
 def built(root: Path, recipe: str) -> dict[str, Any]:
     found: dict[str, Any] = {}
     samples = None if recipe == "reference" else 32
+    subset = _frames_subset(recipe, root)
     for target in TARGETS:
         for precision in PRECISIONS:
             key = f"{target}-{precision}"
-            manifest = build(recipe, precision, root / f"{recipe}-{key}", target=target)
-            report = compare_artifact(root / f"{recipe}-{key}", samples=samples).to_json()
+            static = target.endswith("-static")
+            manifest = build(
+                recipe,
+                precision,
+                root / f"{recipe}-{key}",
+                overrides=STATIC if static else None,
+                target=target.removesuffix("-static"),
+            )
+            report = None
+            if not static or subset is not None:
+                where = root / f"{recipe}-{key}"
+                report = compare_artifact(
+                    where, samples=samples, eval_path=subset if static else None
+                ).to_json()
             found[key] = {
                 "bytes": manifest["artifact"]["bytes"],
                 "build": manifest["steps"]["build"],
@@ -50,7 +96,8 @@ def latency(root: Path, recipe: str, rounds: int) -> dict[str, Any]:
     }
     found = interleaved(calls, rounds)
     ratio = {
-        p: paired_interval(found[f"executorch-{p}"], found[f"onnxruntime-{p}"]).to_json()
+        f"{t}-{p}": paired_interval(found[f"{t}-{p}"], found[f"onnxruntime-{p}"]).to_json()
+        for t in TARGETS[:2]
         for p in PRECISIONS
     }
     return {
@@ -79,16 +126,17 @@ def _markdown(results: dict[str, Any], rounds: int) -> str:
         for t in TARGETS:
             for p in PRECISIONS:
                 b = r["built"][f"{t}-{p}"]
-                c = b["compare"]
-                acc = c["accuracy"]
-                ratio = lat["executorch_over_ort"][p] if t == "executorch" else None
+                c = b["compare"] or {}
+                acc = c.get("accuracy")
+                ratio = lat["executorch_over_ort"].get(f"{t}-{p}")
+                agreement = c.get("top1_agreement")
                 rows.append(
                     [
                         recipe,
                         f"{t} {p}",
                         f"{b['bytes'] / 1e6:.2f}",
-                        "-" if acc is None else f"{acc['candidate']:.2f}%",
-                        f"{100 * c['top1_agreement']:.2f}%",
+                        "-" if acc is None else f"{acc['candidate']:.2f}% ({c['samples']} samples)",
+                        "-" if agreement is None else f"{100 * agreement:.2f}%",
                         f"{lat['p50_ms'][f'{t}-{p}']:.3f}",
                         "-"
                         if ratio is None
@@ -106,14 +154,16 @@ def _markdown(results: dict[str, Any], rounds: int) -> str:
     text += "\nWhat XNNPACK took, and what ran in portable kernels:\n\n"
     rows = []
     for recipe, r in results.items():
-        for p in PRECISIONS:
-            d = r["built"][f"executorch-{p}"]["build"]["delegation"]
-            top = ", ".join(f"{op} ({n})" for op, n in list(d["portable_ops"].items())[:6])
-            rows.append(
-                [recipe, p, d["subgraphs"], d["delegated_nodes"], d["portable_nodes"], top or "-"]
-            )
+        for t in TARGETS[:2]:
+            for p in PRECISIONS:
+                d = r["built"][f"{t}-{p}"]["build"]["delegation"]
+                top = ", ".join(f"{op} ({n})" for op, n in list(d["portable_ops"].items())[:6])
+                rows.append(
+                    [recipe, f"{t} {p}", d["subgraphs"], d["delegated_nodes"], d["portable_nodes"],
+                     top or "-"]
+                )  # fmt: skip
     text += table(
-        ["recipe", "precision", "XNNPACK subgraphs", "delegated nodes", "portable nodes",
+        ["recipe", "program", "XNNPACK subgraphs", "delegated nodes", "portable nodes",
          "portable ops (most frequent)"],
         rows,
     )  # fmt: skip

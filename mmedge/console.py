@@ -126,6 +126,8 @@ def manifest(data: Mapping[str, Any], directory: str) -> None:
             else str(engine.get("reason")),
         )
     out.print(table)
+    for note in build.get("notes") or []:  # a target's advice about this build
+        out.print(f"[yellow]note:[/] {escape(str(note))}", soft_wrap=True)
     if rules and rules["findings"]:
         findings(rules)
     if engine and not engine.get("built", True):

@@ -127,6 +127,7 @@ def build_program(
     }
     meta.write_text(json.dumps(record, indent=2) + "\n")
     details["branch_outputs"] = wrapper.branch_names
+    details["notes"] = _notes(details["delegation"], recipe, cfg)
     details["check"] = _check_program(pte, recipe, wrapper, example, precision)
     return BuildResult([pte, meta], details)
 
@@ -374,6 +375,24 @@ def _lower(program: Any) -> tuple[bytes, dict[str, Any]]:
         "portable_ops": dict(sorted(portable.items(), key=lambda kv: -kv[1])),
     }
     return bytes(edge.to_executorch().buffer), delegation
+
+
+def _notes(delegation: dict[str, Any], recipe: Recipe, cfg: ExecuTorchConfig) -> list[str]:
+    """Advice the build can give: heavy ops left to portable kernels by dynamic shapes."""
+    heavy = {
+        op: n
+        for op, n in delegation["portable_ops"].items()
+        if "convolution" in op or "batch_norm" in op
+    }
+    if not heavy:
+        return []
+    dynamic = [a for a in recipe.axes if a not in cfg.static_axes and a != recipe.batch_axis]
+    return [
+        f"{sum(heavy.values())} convolution/batch-norm op(s) run in portable kernels, not "
+        f"XNNPACK, because two of their dims are dynamic (measured on the reference model: "
+        f"about 20x slower). Fixing an axis at its opt size delegates them: "
+        f"-O static_axes=[AXIS] with AXIS one of {dynamic}"
+    ]
 
 
 def _check_program(
