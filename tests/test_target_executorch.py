@@ -20,6 +20,7 @@ from mmedge.recipe import load_recipe
 from mmedge.targets import SessionConfig, get_target
 from tests.conftest import REFERENCE, tiny_feeds, write_recipe
 from tests.test_cli import assert_user_error
+from tests.zoo import zoo_recipe
 
 pytest.importorskip("executorch")
 runner = CliRunner()
@@ -158,3 +159,18 @@ def test_reference_int8_agrees_with_fp32(tmp_path: Path) -> None:
                                                                               "audio", "fusion"}  # fmt: skip
     onnx = build_artifact(recipe, "onnxruntime", "fp32", tmp_path / "fp32")
     assert int8["artifact"]["bytes"] < 0.75 * onnx["artifact"]["bytes"]
+
+
+def test_a_real_architecture_at_int8(tmp_path: Path) -> None:
+    """transformers' BertModel (three int64 inputs, SDPA with a padding mask, a pooler) and
+    ViTModel through torch.export, PT2E and XNNPACK: code we did not write. Their outputs are
+    ModelOutputs, so no branch output is returned for them (parity has nothing to read)."""
+    recipe = load_recipe(zoo_recipe("bert_vit_concat", tmp_path))
+    manifest = build_artifact(recipe, "executorch", "int8", tmp_path / "int8")
+    build = manifest["steps"]["build"]
+    assert build["branch_outputs"] == ["fusion"]
+    assert build["quantize"]["quantized_modules"] == [
+        "model.text_encoder", "model.image_encoder", "model.head"
+    ]  # fmt: skip
+    report = compare_artifact(tmp_path / "int8")
+    assert report.passed and report.outputs["logits"].cosine > 0.999, report.to_json()

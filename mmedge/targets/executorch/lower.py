@@ -12,6 +12,7 @@ import ctypes
 import io
 import json
 import os
+import re
 import tempfile
 import time
 import traceback
@@ -88,16 +89,17 @@ def build_program(
             f"(axes: {', '.join(recipe.axes)})"
         )
     wrapper = positional(model, recipe, cfg.branch_outputs)
-    example = _example_inputs(recipe, wrapper.input_names, set(cfg.static_axes))
-    dynamic = _dynamic_shapes(recipe, wrapper.input_names, set(cfg.static_axes))
-    details: dict[str, Any] = {"static_axes": list(cfg.static_axes)}
+    static = list(cfg.static_axes)
+    details: dict[str, Any] = {}
     log: list[str] = []
     try:
         with native_output() as log, torch.no_grad():
             start = time.perf_counter()
-            # The wrapper's forward(*args) takes its dims under "args"; the quantized graph
-            # module's forward(args_0, ...) positionally.
-            program = torch.export.export(wrapper.module, example, dynamic_shapes={"args": dynamic})
+            program, static = _export(wrapper, recipe, static)
+            example = _example_inputs(recipe, wrapper.input_names, set(static))
+            dynamic = _dynamic_shapes(recipe, wrapper.input_names, set(static))
+            details["static_axes"] = static
+            details["specialized_axes"] = [a for a in static if a not in cfg.static_axes]
             details["export_seconds"] = round(time.perf_counter() - start, 3)
             if precision == "int8":
                 assert calib is not None  # the pipeline opens calibration data for int8
@@ -123,11 +125,16 @@ def build_program(
         "inputs": wrapper.input_names,
         "outputs": list(recipe.outputs),
         "branches": wrapper.branch_names,
-        "static_axes": {a: recipe.axes[a].opt for a in cfg.static_axes},
+        "static_axes": {a: recipe.axes[a].opt for a in static},
     }
     meta.write_text(json.dumps(record, indent=2) + "\n")
     details["branch_outputs"] = wrapper.branch_names
-    details["notes"] = _notes(details["delegation"], recipe, cfg)
+    details["notes"] = _notes(details["delegation"], recipe, static)
+    if details["specialized_axes"]:
+        details["notes"].append(
+            f"torch.export found the model's code fixes {details['specialized_axes']} (its "
+            "constraints were violated as dynamic): the program takes only their opt size"
+        )
     details["check"] = _check_program(pte, recipe, wrapper, example, precision)
     return BuildResult([pte, meta], details)
 
@@ -173,9 +180,16 @@ def positional(model: nn.Module, recipe: Recipe, branch_outputs: bool) -> Positi
             finally:
                 for hook in hooks:
                     hook.remove()
-            return (*_tensors(result, recipe.outputs), *(seen[b] for b in boundaries))
+            # A branch returning a tensor is returned after the model's outputs; one returning
+            # a structure (a transformers ModelOutput) is not: which of its tensors meets the
+            # fusion head is not known here. Set while torch.export traces this forward.
+            import torch
 
-    return Positional(Wrapped().eval(), names, list(boundaries))
+            returned[:] = [b for b in boundaries if isinstance(seen.get(b), torch.Tensor)]
+            return (*_tensors(result, recipe.outputs), *(seen[b] for b in returned))
+
+    returned: list[str] = []
+    return Positional(Wrapped().eval(), names, returned)
 
 
 def _tensors(result: Any, outputs: list[str]) -> list[Any]:
@@ -187,6 +201,31 @@ def _tensors(result: Any, outputs: list[str]) -> list[Any]:
     if isinstance(result, dict):
         return [result[o] for o in outputs]
     return list(result)
+
+
+_VIOLATED = re.compile(r"Constraints violated \(([^)]*)\)")
+
+
+def _export(wrapper: Positional, recipe: Recipe, static: list[str]) -> tuple[Any, list[str]]:
+    """torch.export with the recipe's dynamic axes; an axis the model's own code fixes (a GRU
+    unrolled over a fixed length, a reshape to a constant) is made static and the export
+    retried, once per such axis, rather than failing the build."""
+    import torch
+
+    while True:
+        example = _example_inputs(recipe, wrapper.input_names, set(static))
+        dynamic = _dynamic_shapes(recipe, wrapper.input_names, set(static))
+        try:
+            # The wrapper's forward(*args) takes its dims under "args".
+            program = torch.export.export(wrapper.module, example, dynamic_shapes={"args": dynamic})
+            return program, static
+        except Exception as err:  # torch._dynamo.exc.UserError, among others
+            found = _VIOLATED.search(str(err))
+            names = [n.strip() for n in found.group(1).split(",")] if found else []
+            fixable = [n for n in names if n in recipe.axes and n not in static]
+            if not fixable or recipe.batch_axis in fixable:
+                raise
+            static = [*static, *fixable]
 
 
 def _example_inputs(recipe: Recipe, names: list[str], static: set[str]) -> tuple[Any, ...]:
@@ -250,7 +289,19 @@ def _quantize(
             p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if p.name.split("_")[0] in patterns
         ]
 
+        def transform_for_annotation(self, model: Any) -> Any:
+            # The XNNPACK quantizer turns Python scalars into tensor attributes so that add/mul
+            # with a constant can be quantized. Without those patterns there is nothing to
+            # gain, and it breaks index arithmetic (transformers' attention masks then index
+            # with float tensors).
+            if patterns & {"add", "mul"}:
+                return super().transform_for_annotation(model)
+            return model
+
     quantizer = Quantizer()
+    # Only floating-point ops: a concat of token positions or masks (transformers builds them
+    # in its forward) must stay integer, or an embedding gets float indices.
+    quantizer.set_filter_function(_floating)
     kept = set(recipe.quantization.keep_fp32)
     unknown = sorted(kept - set(recipe.branches))
     if unknown:
@@ -305,6 +356,11 @@ _PATTERNS = {
     "Concat": ("cat",),
     "GlobalAveragePool": ("adaptive",),
 }
+
+
+def _floating(node: Any) -> bool:
+    value = node.meta.get("val")
+    return value is None or not hasattr(value, "dtype") or bool(value.dtype.is_floating_point)
 
 
 def _patterns(op_types: Sequence[str]) -> set[str]:
@@ -377,7 +433,7 @@ def _lower(program: Any) -> tuple[bytes, dict[str, Any]]:
     return bytes(edge.to_executorch().buffer), delegation
 
 
-def _notes(delegation: dict[str, Any], recipe: Recipe, cfg: ExecuTorchConfig) -> list[str]:
+def _notes(delegation: dict[str, Any], recipe: Recipe, static: list[str]) -> list[str]:
     """Advice the build can give: heavy ops left to portable kernels by dynamic shapes."""
     heavy = {
         op: n
@@ -386,7 +442,7 @@ def _notes(delegation: dict[str, Any], recipe: Recipe, cfg: ExecuTorchConfig) ->
     }
     if not heavy:
         return []
-    dynamic = [a for a in recipe.axes if a not in cfg.static_axes and a != recipe.batch_axis]
+    dynamic = [a for a in recipe.axes if a not in static and a != recipe.batch_axis]
     return [
         f"{sum(heavy.values())} convolution/batch-norm op(s) run in portable kernels, not "
         f"XNNPACK, because two of their dims are dynamic (measured on the reference model: "
