@@ -123,13 +123,14 @@ def targets() -> dict[str, dict[str, Any]]:
     for name, spec in specs().items():
         target = spec.factory()
         probe = target.probe()
+        missing = target.runtime_missing() if probe.installed else None
         found[name] = {
             **asdict(probe),
             "summary": spec.summary,
             "extra": spec.extra,
             "precisions": list(spec.precisions),
-            "runs_here": probe.installed and target.runtime_missing() is None,
-            "runtime_missing": target.runtime_missing() if probe.installed else None,
+            "runs_here": probe.installed and missing is None,
+            "runtime_missing": missing,
         }
     return found
 

@@ -43,13 +43,14 @@ class ExportResult:
     parity: list[dict[str, Any]] = field(default_factory=list)
 
 
-def trace_feeds(recipe: Recipe) -> Feeds:
+def trace_feeds(recipe: Recipe, static: frozenset[str] = frozenset()) -> Feeds:
     """Feeds at the opt shapes, with every dynamic axis of size 1 traced at 2 instead.
 
     Tracing at size 1 lets the exporter treat the axis as broadcastable and bake the 1 in.
+    ``static`` axes are meant to be baked in, so they keep their opt size.
     """
     axes = {
-        n: a if a.opt > 1 else a.model_copy(update={"opt": 2, "max": max(2, a.max)})
+        n: a if n in static or a.opt > 1 else a.model_copy(update={"opt": 2, "max": max(2, a.max)})
         for n, a in recipe.axes.items()
     }
     return dummy_feeds(recipe.model_copy(update={"axes": axes}), "opt")
@@ -149,14 +150,19 @@ def _quiet_logger(name: str) -> Iterator[None]:
         logger.setLevel(saved)
 
 
-def dynamic_shapes(recipe: Recipe) -> dict[str, dict[int, Any]]:
+def dynamic_shapes(
+    recipe: Recipe, static: frozenset[str] = frozenset()
+) -> dict[str, dict[int, Any]]:
+    """torch.export dims per input (by name); ``static`` axes are left out (fixed)."""
     import torch
 
     dims = {
-        name: torch.export.Dim(name, min=rng.min, max=rng.max) for name, rng in recipe.axes.items()
+        name: torch.export.Dim(name, min=rng.min, max=rng.max)
+        for name, rng in recipe.axes.items()
+        if name not in static
     }
     return {
-        name: {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str)}
+        name: {i: dims[d] for i, d in enumerate(spec.shape) if isinstance(d, str) and d in dims}
         for name, spec in recipe.inputs.items()
     }
 

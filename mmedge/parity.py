@@ -111,8 +111,7 @@ def parity_against(
     candidate = target.load_here(artifact, recipe, manifest["precision"], config)
     runs_in = manifest["target"]
     if target.runtime_missing() is not None:  # load_here gave what this machine can run
-        runtime = {"OrtSession": "onnxruntime"}.get(type(candidate).__name__, "this machine")
-        runs_in = f"{runtime} ({runs_in} artifact's graph; {runs_in} cannot run here)"
+        runs_in = f"{candidate.runtime} ({runs_in} artifact's graph; {runs_in} cannot run here)"
     with reference, candidate:
         data = open_compare_data(recipe, samples)
         batch = recipe.eval.batch if recipe.eval else 16

@@ -28,6 +28,8 @@ _LEVELS = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED", "all"
 class OrtSession(Session):
     """A Session over ``onnxruntime.InferenceSession`` speaking dicts keyed by tensor name."""
 
+    runtime = "onnxruntime"
+
     def __init__(
         self,
         path: Path | bytes,  # a file, or a serialized model (edited in memory)

@@ -109,6 +109,8 @@ def inference_precision(cfg: OpenVinoConfig, precision: str, capabilities: list[
 class OvSession(Session):
     """A compiled OpenVINO model speaking dicts keyed by tensor name."""
 
+    runtime = "openvino"
+
     def __init__(
         self,
         xml: Path,

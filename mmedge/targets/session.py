@@ -29,6 +29,7 @@ Feeds = Mapping[str, np.ndarray]
 class Session(ABC):
     input_names: list[str]
     output_names: list[str]
+    runtime: ClassVar[str]  # the runtime that executes it, for reports ("onnxruntime")
     # Whether layer_times() works (a profile=True session of this backend times its layers).
     profiles_layers: ClassVar[bool] = True
     _contract: Recipe | None = None

@@ -229,39 +229,21 @@ def _export(wrapper: Positional, recipe: Recipe, static: list[str]) -> tuple[Any
 
 
 def _example_inputs(recipe: Recipe, names: list[str], static: set[str]) -> tuple[Any, ...]:
-    """Inputs at the opt point; a dynamic axis of opt size 1 is traced at 2, so the exporter
-    does not specialize it (a static one keeps its size)."""
+    """Inputs at the opt point in the program's order (export's own trace feeds)."""
     import torch
 
-    from mmedge.inputs import dummy_feeds
+    from mmedge.export import trace_feeds
 
-    axes = {
-        n: a if n in static or a.opt > 1 else a.model_copy(update={"opt": 2, "max": max(2, a.max)})
-        for n, a in recipe.axes.items()
-    }
-    feeds = dummy_feeds(recipe.model_copy(update={"axes": axes}), "opt")
+    feeds = trace_feeds(recipe, frozenset(static))
     return tuple(torch.from_numpy(feeds[n]) for n in names)
 
 
 def _dynamic_shapes(recipe: Recipe, names: list[str], static: set[str]) -> tuple[Any, ...]:
-    """One entry per input, in the program's order."""
-    import torch
+    """Export's dims, one entry per input in the program's order (None: all fixed)."""
+    from mmedge.export import dynamic_shapes
 
-    dims = {
-        name: torch.export.Dim(name, min=rng.min, max=rng.max)
-        for name, rng in recipe.axes.items()
-        if name not in static
-    }
-    per_input = [
-        {
-            i: dims[d]
-            for i, d in enumerate(recipe.inputs[n].shape)
-            if isinstance(d, str) and d in dims
-        }
-        or None
-        for n in names
-    ]
-    return tuple(per_input)
+    dims = dynamic_shapes(recipe, frozenset(static))
+    return tuple(dims[n] or None for n in names)
 
 
 def _quantize(

@@ -17,6 +17,8 @@ from mmedge.targets.executorch.lower import META, native_output
 class ExecuTorchSession(Session):
     """Feeds by name in, outputs by name out; branch outputs on request (per-branch parity)."""
 
+    runtime = "executorch"
+
     profiles_layers = False  # ETDump profiles need an ETRecord; not wired up here
 
     def __init__(self, artifact: Path, config: SessionConfig) -> None:

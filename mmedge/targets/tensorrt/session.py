@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 
 class TrtSession(Session):
+    runtime = "tensorrt"
+
     def __init__(
         self, directory: Path, recipe: Recipe, precision: str, config: SessionConfig
     ) -> None:
