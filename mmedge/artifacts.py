@@ -235,12 +235,15 @@ def compare_artifact(
     parity: bool = True,
     eval_path: Path | None = None,
     recipe_path: Path | None = None,
+    recorded: Path | None = None,
 ) -> CompareReport:
     """Compare with the reference on the recipe's data; save compare.json beside the artifact.
 
     ``device`` applies to the candidate only; the reference runs where it runs by default.
     ``parity``: also measure each branch against the FP32 export (reduced-precision artifacts
     of recipes with branches), to say which branch to blame when the gate fails.
+    ``recorded``: inputs and reference outputs recorded elsewhere (`mmedge.data.recorded`), for
+    a device that cannot run the reference.
     """
     manifest, recipe, artifact = open_artifact(directory)
     if recipe_path is not None:  # the gate and eval set of an edited recipe, without a rebuild
@@ -250,12 +253,17 @@ def compare_artifact(
     config = SessionConfig(threads=recipe.bench.threads)
     target = get_target(manifest["target"])
     on_device = isinstance(target, OnDeviceTarget) and target_spec(manifest["target"]).on_device
-    if on_device:
+    if recorded is not None:
+        from mmedge.data.recorded import recorded_source
+
+        data, reference = recorded_source(recorded, recipe, "the recorded reference")
+        data = data.limited(samples) if samples is not None else data
+    elif on_device:
         # The bundle's own inputs and FP32 outputs: no torch or recipe data on the device.
         assert isinstance(target, OnDeviceTarget)
-        data, recorded = target.recorded_reference(directory, recipe)
+        data, replay = target.recorded_reference(directory, recipe)
         data = data.limited(samples) if samples is not None else data
-        reference = reference_runner(recipe, reference_dir, config) if reference_dir else recorded
+        reference = reference_runner(recipe, reference_dir, config) if reference_dir else replay
     else:
         data = open_compare_data(recipe, samples)
         reference = reference_runner(recipe, reference_dir, config)
@@ -272,15 +280,15 @@ def compare_artifact(
             "max_accuracy_drop was not checked: the data has no labels (agreement with the "
             "reference and cosine/SQNR were)"
         )
-    if parity and recipe.branches and manifest["precision"] != "fp32":
+    if parity and recorded is None and recipe.branches and manifest["precision"] != "fp32":
         report.parity = _parity_or_none(manifest, recipe, artifact, samples)
-    original = None if reference_dir else pruned_from(recipe)
+    original = None if reference_dir or recorded else pruned_from(recipe)
     if original is not None and not on_device:
         report.original = _against_original(original, candidate_config(config, device),
                                             manifest, recipe, artifact, data, batch, score)  # fmt: skip
     if not report.passed:
         report.next_steps = next_steps(report, manifest)
-    default_reference = "fp32-recorded" if on_device else "pytorch-fp32"
+    default_reference = "fp32-recorded" if on_device or recorded else "pytorch-fp32"
     record = {
         **report.to_json(),
         "reference": str(reference_dir or default_reference),

@@ -6,28 +6,19 @@ exit code (``mmedge.failures`` classifies); Ctrl-C exits 130, SIGTERM 143.
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import os
-import signal
-import threading
-from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-import click
 import typer
 from rich.markup import escape
 from typer.core import TyperCommand
 
 from mmedge import __version__, console
-from mmedge.errors import (
-    EXIT_CODES,
-    INTERRUPTED_EXIT_CODE,
-    TERMINATED_EXIT_CODE,
-    Terminated,
-)
+from mmedge.clikit import JsonOpt
+from mmedge.clikit import handled as _handled
+from mmedge.errors import EXIT_CODES
+from mmedge.fleet.cli import device_app
 
 if TYPE_CHECKING:
     from mmedge.recipe import Recipe
@@ -154,67 +145,6 @@ class ShapePoint(str, Enum):
     max = "max"
 
 
-def _handled(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn every failure into a message and its documented exit code, without a traceback:
-    user errors and the system's refusals by `mmedge.failures.classify`, a bug with the path of
-    its logged traceback (``MMEDGE_DEBUG=1`` re-raises it instead). SIGTERM is handled as
-    Ctrl-C, so `timeout` and CI leave nothing half-written either."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        from mmedge.failures import classify, log_internal
-
-        with _sigterm_as_interrupt():
-            try:
-                return fn(*args, **kwargs)
-            except (typer.Exit, click.exceptions.ClickException, click.exceptions.Abort):
-                raise
-            except Terminated:
-                console.err.print("[bold red]terminated:[/] nothing half-written was left behind")
-                raise typer.Exit(TERMINATED_EXIT_CODE) from None
-            except KeyboardInterrupt:
-                console.err.print("[bold red]interrupted:[/] nothing half-written was left behind")
-                raise typer.Exit(INTERRUPTED_EXIT_CODE) from None
-            except Exception as exc:
-                found = classify(exc)
-                if found is not None:
-                    console.error(found)
-                    raise typer.Exit(found.exit_code) from None
-                if os.environ.get("MMEDGE_DEBUG"):
-                    raise
-                where = log_internal(exc)
-                console.err.print(
-                    f"[bold red]internal error:[/] {escape(type(exc).__name__)}: "
-                    f"{escape(str(exc)[:500])}",
-                    soft_wrap=True,
-                )
-                console.err.print(
-                    f"this is a bug in mmedge: please report it with the traceback in {where}"
-                    if where
-                    else "this is a bug in mmedge: rerun with MMEDGE_DEBUG=1 for the traceback",
-                    soft_wrap=True,
-                )
-                raise typer.Exit(1) from None
-
-    return wrapper
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield  # signal handlers can only be set from the main thread
-        return
-
-    def _raise(signum: int, frame: object) -> None:
-        raise Terminated()
-
-    previous = signal.signal(signal.SIGTERM, _raise)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _version(value: bool) -> None:
     if value:
         console.out.print(f"mmedge {__version__}")
@@ -232,7 +162,6 @@ def _root(
 
 RecipeArg = typer.Argument(..., help="Recipe YAML file.", show_default=False)
 ArtifactArg = typer.Argument(..., help="An artifact directory made by export or quantize.")
-JsonOpt = typer.Option(False, "--json", help="Print machine-readable JSON on stdout only.")
 IsaOpt = typer.Option(
     None,
     "--isa",
@@ -243,6 +172,14 @@ DeviceOpt = typer.Option(
     None,
     help="Device, for targets that have several (OpenVINO: CPU, GPU, NPU, AUTO...) "
     "[default: the recipe's].",
+)
+
+
+OnOpt = typer.Option(
+    None,
+    "--on",
+    help="Run it on these devices instead (NAME[,NAME...], mmedge device list): the artifact "
+    "is pushed (only what the device lacks) and the device's mmedge measures.",
 )
 
 
@@ -408,18 +345,46 @@ def compare(
         help="Take the eval set and compare gate from this recipe (same model) instead of the "
         "one frozen in the artifact (no rebuild).",
     ),
+    recorded: Path | None = typer.Option(
+        None,
+        help="Compare against reference outputs recorded in this .npz (inputs, labels, "
+        "expected.OUTPUT), where the reference cannot run (what --on sends a device).",
+    ),
+    on: str | None = OnOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """Compare an artifact with the FP32 model; exit 7 when the recipe's gate fails. A pruned
     model's artifact is also compared with the model before pruning."""
     from mmedge.artifacts import compare_artifact, enforce_gate
 
+    if on is not None:
+        from mmedge.errors import RecipeError
+        from mmedge.fleet.cli import compare_on_devices
+
+        given = {"--reference": reference, "--device": device, "--eval": eval_path,
+                 "--recipe": recipe_path, "--recorded": recorded}  # fmt: skip
+        clash = [k for k, v in given.items() if v is not None]
+        if clash:
+            raise RecipeError(
+                f"compare --on compares against the FP32 reference on the recipe's eval set; "
+                f"{', '.join(clash)} cannot be combined with it"
+            )
+
+        compare_on_devices(directory, on, samples, as_json)
+        return
     with console.status(not as_json) as progress:
         progress("comparing")
         report = compare_artifact(
-            directory, reference, samples, device, eval_path=eval_path, recipe_path=recipe_path
+            directory,
+            reference,
+            samples,
+            device,
+            eval_path=eval_path,
+            recipe_path=recipe_path,
+            recorded=recorded,
         )
-    data = {**report.to_json(), "reference": str(reference or "pytorch-fp32")}
+    label = f"recorded ({recorded.name})" if recorded else "pytorch-fp32"
+    data = {**report.to_json(), "reference": str(reference or label)}
     console.print_json(data) if as_json else console.compare(data)
     enforce_gate(report, directory)
 
@@ -441,9 +406,11 @@ def bench(
         None, "--profile/--no-profile", help="Also time every layer and report time per branch."
     ),
     device: str | None = DeviceOpt,
+    on: str | None = OnOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Latency percentiles, throughput and peak memory of an artifact on this machine."""
+    """Latency percentiles, throughput and peak memory of an artifact on this machine (or on
+    your devices: --on)."""
     from mmedge.artifacts import bench_artifact
 
     overrides = {
@@ -456,6 +423,11 @@ def bench(
         "mode": mode.value if mode else None,
         "profile": profile,
     }
+    if on is not None:
+        from mmedge.fleet.cli import bench_on_devices
+
+        bench_on_devices(directory, on, {**overrides, "device": device}, as_json)
+        return
     with console.status(not as_json) as progress:
         progress("benchmarking")
         result = bench_artifact(directory, overrides, device).to_json()
@@ -570,10 +542,23 @@ def build(
     allow_violations: bool = typer.Option(
         False, "--allow-violations", help="Build even if the rule check finds errors."
     ),
+    on: str | None = OnOpt,
+    mirror: Path | None = typer.Option(
+        None, help="With --on: copy the engine and its metadata here [default: BUNDLE@DEVICE]."
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Build a TensorRT bundle's engine on this device (where it will run)."""
+    """Build a TensorRT bundle's engine on this device (where it will run), or on your
+    devices (--on: the engine stays there for bench/compare --on, and is mirrored back)."""
     from mmedge.targets.tensorrt.commands import build_engine_in_bundle
+
+    if on is not None:
+        from mmedge.fleet.cli import build_on_devices
+
+        flags = [f for f, v in (("--trtexec", trtexec), ("--weak-fp16", weak_fp16),
+                                ("--allow-violations", allow_violations)) if v]  # fmt: skip
+        build_on_devices(directory, on, flags, mirror, as_json)
+        return
 
     with console.status(not as_json) as progress:
         progress("building the TensorRT engine")
@@ -602,17 +587,28 @@ def run_command(
     strict: bool = typer.Option(
         False, "--strict", help="Fail (exit 5) when a requested target is not installed."
     ),
+    on: str | None = typer.Option(
+        None,
+        "--on",
+        help="Also build (TensorRT), compare and bench every variant on these devices "
+        "(NAME[,NAME...], in parallel): a column per device in the report.",
+    ),
     as_json: bool = JsonOpt,
 ) -> None:
-    """Prune (if asked) → export → quantize/build every target → compare → bench → report."""
+    """Prune (if asked) → export → quantize/build every target → compare → bench → report;
+    with --on, each variant measured on your devices too."""
     from mmedge.errors import MmedgeError
+    from mmedge.fleet.inventory import parse_on
     from mmedge.run.engine import run_recipe
 
+    devices = parse_on(on)
     loaded = _load(recipe, {})
     chosen = [t.strip() for t in targets.split(",") if t.strip()] if targets else None
     directory = out or Path("runs") / loaded.name / "run"
     with console.stepping(not as_json) as progress:
-        report = run_recipe(loaded, recipe.resolve(), directory, chosen, force, strict, progress)
+        report = run_recipe(
+            loaded, recipe.resolve(), directory, chosen, force, strict, progress, devices
+        )
     console.print_json(report) if as_json else console.run_summary(report)
     failed = [s for s in report["steps"] if s["status"] == "failed"]
     if failed:
@@ -653,6 +649,7 @@ calib_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(calib_app, name="calib")
+app.add_typer(device_app, name="device")
 
 
 @calib_app.command("build")

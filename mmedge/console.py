@@ -478,6 +478,15 @@ def run_summary(report: dict[str, Any]) -> None:
             v.get("dominant_branch") or "-",
         )
     out.print(table)
+    if report.get("devices"):
+        from mmedge.run.report import device_headers, device_rows
+
+        on = Table(title="on devices")
+        for col in device_headers(report):
+            on.add_column(escape(col), justify="left" if col == "variant" else "right")
+        for row in device_rows(report):
+            on.add_row(*(escape(c) for c in row))
+        out.print(on)
     for s in report["steps"]:
         if s["status"] in ("failed", "blocked", "skipped"):
             style = "red" if s["status"] == "failed" else "yellow"

@@ -93,6 +93,19 @@ class RunLocked(MmedgeError):
     exit_code = 14
 
 
+class DeviceError(MmedgeError):
+    """A fleet device: unknown name, unreachable, authentication refused, the link lost during
+    a command, or no (matching) mmedge on it."""
+
+    exit_code = 15
+
+
+class HostKeyError(DeviceError):
+    """A device's SSH host key is unknown or has changed: refused until the user accepts it."""
+
+    exit_code = 16
+
+
 # Ctrl-C and SIGTERM (what `timeout`, CI and service managers send): the shell convention,
 # 128 + the signal's number.
 INTERRUPTED_EXIT_CODE = 130
@@ -119,6 +132,9 @@ EXIT_CODES: dict[int, str] = {
     RuleViolation.exit_code: "the graph breaks TensorRT's rules (build refused; --allow-violations)",
     SystemLimit.exit_code: "no space, no permission, a bad path or a size over the memory budget",
     RunLocked.exit_code: "another mmedge process is working in the same run directory",
+    DeviceError.exit_code: "a device is unknown, unreachable, refused the key, lost the link, "
+    "or lacks a matching mmedge (mmedge device setup)",
+    HostKeyError.exit_code: "a device's SSH host key is unknown or changed (refused)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C); nothing half-written is left",
     TERMINATED_EXIT_CODE: "terminated (SIGTERM); cleaned up as for Ctrl-C",
 }

@@ -20,13 +20,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from mmedge import __version__
+from mmedge import ARTIFACT_FORMAT, __version__
 from mmedge.errors import ArtifactError, OutputExistsError
 from mmedge.hardware import cpu_summary
 from mmedge.hashing import sha256_file
 
 MANIFEST = "manifest.json"
-FORMAT = "mmedge-artifact/1"
+FORMAT = ARTIFACT_FORMAT
 _PACKAGES = ("onnx", "torch", "numpy")  # and every registered target's (TargetSpec.packages)
 
 
@@ -159,7 +159,7 @@ def verified_artifact(directory: Path, manifest: dict[str, Any]) -> Path:
 # of compare/bench/check/parity, a TensorRT engine built later on the device, a search record).
 _SIDE_FILES = re.compile(
     r"^(?:(?:compare|parity|check|search|engine|profile|preprocess|report)\.json"
-    r"|(?:bench|tokenizer)-[\w.-]+\.json|recipe\.yaml|policy\.yaml"
+    r"|(?:bench|compare|tokenizer)-[\w.-]+\.json|recipe\.yaml|policy\.yaml"
     r"|model\.engine|timing\.cache|parity\.npz)$"
 )
 

@@ -73,11 +73,13 @@ def test_bundle_contents(bundles: Path) -> None:
     assert profile["audio"] == {"min": [1, 4, 8], "opt": [2, 4, 16], "max": [16, 4, 32]}
     assert profile["input_ids"] == profile["attention_mask"], "a shared axis stays consistent"
     with np.load(bundle / "parity.npz") as parity:
-        assert {"image", "input_ids", "attention_mask", "audio", "expected.logits", "label"} <= set(
-            parity.files
-        )
-        assert parity["input_ids"].dtype == np.int64
-        assert parity["expected.logits"].shape == (12, 5)  # the first eval shard holds 12
+        first = {"image", "input_ids", "attention_mask", "audio", "expected.logits", "label"}
+        assert {f"g0.{k}" for k in first} <= set(parity.files)  # one group per eval shape
+        assert parity["g0.input_ids"].dtype == np.int64
+        assert parity["g0.expected.logits"].shape == (12, 5)  # the first eval shard holds 12
+        recorded = manifest["steps"]["build"]["parity"]
+        assert recorded["samples"] == sum(parity[k].shape[0] for k in parity.files
+                                          if k.endswith(".label"))  # fmt: skip
 
 
 def test_the_build_script_runs_the_right_trtexec_per_version(bundles: Path) -> None:
@@ -189,13 +191,13 @@ def test_engine_for_another_device_is_refused_naming_both() -> None:
 def test_parity_set_replays_recorded_outputs(bundles: Path) -> None:
     recipe = load_recipe(bundles / "recipe.yaml")
     data, recorded = parity_source(bundles / "int8", recipe)
-    assert data.samples == 12 and data.label_key == "label"
+    assert data.samples >= 12 and data.label_key == "label"
     batches = list(data.batches(5))
-    assert [b.feeds["image"].shape[0] for b in batches] == [5, 5, 2]
+    assert [b.feeds["image"].shape[0] for b in batches][:3] == [5, 5, 2]  # shard 1 holds 12
     first = recorded(batches[0].feeds)["logits"]
     want = torch_runner(load_torch_model(recipe), recipe.outputs)(batches[0].feeds)["logits"]
     np.testing.assert_allclose(first, want, atol=1e-4)
-    with pytest.raises(ArtifactError, match="replayed only for the bundled inputs"):
+    with pytest.raises(ArtifactError, match="replayed only for the recorded inputs"):
         recorded(batches[0].feeds)  # out of order
 
 

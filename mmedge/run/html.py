@@ -15,6 +15,9 @@ from mmedge.run.report import (
     SEARCH_HEADERS,
     VARIANT_HEADERS,
     branch_names,
+    device_headers,
+    device_notes,
+    device_rows,
     latency_rows,
     parity_branches,
     parity_rows,
@@ -158,6 +161,15 @@ def render_html(report: dict[str, Any]) -> str:
         + (
             "<h2>INT8 policy searches</h2>" + _table(SEARCH_HEADERS, search_rows(report))
             if search_rows(report)
+            else ""
+        )
+        + (
+            "<h2>On devices</h2>"
+            + _table(device_headers(report), device_rows(report))
+            + "<ul>"
+            + "".join(f"<li>{html.escape(n)}</li>" for n in device_notes(report))
+            + "</ul>"
+            if report.get("devices")
             else ""
         )
         + plot_html

@@ -87,6 +87,7 @@ def collect(directory: Path) -> dict[str, Any]:
         "latency_rounds": (rounds or {}).get("rounds"),
         "variants": variants,
         "pareto": _pareto(variants),
+        "devices": _devices(directory, steps, [v["name"] for v in variants]),
         "steps": [
             {
                 "step": name,
@@ -160,6 +161,110 @@ def _variant(directory: Path, name: str, steps: dict[str, dict[str, Any]]) -> di
         "bench_settings": (bench or {}).get("settings"),
         "search": _search(_read(where / "search.json")),
     }
+
+
+def _devices(
+    directory: Path, steps: dict[str, dict[str, Any]], variants: list[str]
+) -> dict[str, Any]:
+    """Per device (`run --on`): its fingerprint and, per variant, what it measured there."""
+    from mmedge.run.devices import DEVICES
+
+    found: dict[str, Any] = {}
+    names = [s.split("@", 1)[1] for s in steps if s.startswith("probe@")]
+    for device in names:
+        print_ = _read(directory / DEVICES / f"{device}.json") or {}
+        cpu = print_.get("cpu") if isinstance(print_.get("cpu"), dict) else {}
+        mm = print_.get("mmedge") if isinstance(print_.get("mmedge"), dict) else {}
+        rows = {}
+        for name in variants:
+            where = directory / name
+            bench = (
+                _read(where / f"bench-on-{device}.json")
+                if _ok(steps, f"bench@{device}:{name}")
+                else None
+            )
+            compare = (
+                _read(where / f"compare-on-{device}.json")
+                if _ok(steps, f"compare@{device}:{name}", True)
+                else None
+            )
+            missing = {
+                kind: steps[f"{kind}@{device}:{name}"].get("error")
+                or steps[f"{kind}@{device}:{name}"].get("reason")
+                for kind in ("build", "compare", "bench")
+                if steps.get(f"{kind}@{device}:{name}", {}).get("status")
+                in ("skipped", "failed", "blocked", "interrupted")
+            }
+            accuracy = (compare or {}).get("accuracy") or {}
+            rows[name] = {
+                "latency_ms": (bench or {}).get("latency_ms"),
+                "throughput_per_s": (bench or {}).get("throughput_per_s"),
+                "branch_ms": (bench or {}).get("branch_ms"),
+                "dominant_branch": _dominant((bench or {}).get("branch_ms")),
+                "top1_agreement": (compare or {}).get("top1_agreement"),
+                "accuracy": accuracy.get("candidate"),
+                "gate_passed": (compare or {}).get("passed"),
+                "warnings": [*(bench or {}).get("warnings", []),
+                             *(compare or {}).get("warnings", [])],
+                "missing": missing,
+            }  # fmt: skip
+        found[device] = {
+            "fingerprint": {
+                "cpu": (cpu or {}).get("model"),
+                "isa_flags": (cpu or {}).get("isa_flags"),
+                "cores": print_.get("cores"),
+                "os": print_.get("os"),
+                "arch": print_.get("arch"),
+                "mmedge": (mm or {}).get("version"),
+                "gpu": print_.get("nvidia"),
+                "jetson": print_.get("jetson"),
+            },
+            "variants": rows,
+        }
+    return found
+
+
+def device_headers(report: dict[str, Any]) -> list[str]:
+    cols = ["variant"]
+    for device in report.get("devices") or {}:
+        cols += [f"{device} p50 ms", f"{device} agreement", f"{device} slowest branch"]
+    return cols
+
+
+def device_rows(report: dict[str, Any]) -> list[list[str]]:
+    devices = report.get("devices") or {}
+    rows = []
+    for v in report["variants"]:
+        row = [v["name"]]
+        for info in devices.values():
+            m = info["variants"].get(v["name"]) or {}
+            lat = m.get("latency_ms") or {}
+            agree = m.get("top1_agreement")
+            gate = {True: "", False: " (gate failed)", None: ""}[m.get("gate_passed")]
+            row += [
+                _f(lat.get("p50")),
+                "-" if agree is None else f"{agree * 100:.2f}%{gate}",
+                m.get("dominant_branch") or "-",
+            ]
+        rows.append(row)
+    return rows
+
+
+def device_notes(report: dict[str, Any]) -> list[str]:
+    """One line per device (its fingerprint), then its warnings and missing results."""
+    notes = []
+    for device, info in (report.get("devices") or {}).items():
+        fp = info["fingerprint"]
+        gpu = fp.get("jetson") or fp.get("gpu")
+        notes.append(
+            f"{device}: {fp.get('cpu')} ({fp.get('arch')}, {fp.get('cores')} cores; "
+            f"{' '.join(fp.get('isa_flags') or []) or 'no ISA flags read'}), {fp.get('os')}, "
+            f"mmedge {fp.get('mmedge')}" + (f", GPU {gpu}" if gpu else "")
+        )
+        for name, m in info["variants"].items():
+            notes += [f"{device} {name}: {w}" for w in dict.fromkeys(m["warnings"])]
+            notes += [f"{device} {name} {k}: {why}" for k, why in m["missing"].items()]
+    return notes
 
 
 def _search(record: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -390,6 +495,19 @@ def render_markdown(report: dict[str, Any]) -> str:
         table(["variant", *branches, "dominant"], latency_rows(report)),
         "",
     ]
+    if report.get("devices"):
+        parts += [
+            "## On devices",
+            "",
+            "Measured by each device's own mmedge (`run --on`): p50 of `mmedge bench` at the "
+            "recipe's bench settings, top-1 agreement against PyTorch FP32 recorded on this "
+            "machine, and the branch with the most profiled time.",
+            "",
+            table(device_headers(report), device_rows(report)),
+            "",
+            *[f"- {n}" for n in device_notes(report)],
+            "",
+        ]
     missing = [(v["name"], k, why) for v in report["variants"] for k, why in v["missing"].items()]
     if missing:
         parts += ["## Missing results", ""]

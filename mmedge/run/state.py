@@ -9,6 +9,7 @@ its outputs still exist.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,7 @@ from mmedge.workspace import LOCK
 MANIFEST = "run.json"
 FORMAT = "mmedge-run/1"
 OK, CACHED, FAILED, SKIPPED, BLOCKED = "ok", "cached", "failed", "skipped", "blocked"
+_RECORDING = threading.RLock()
 
 
 def key_of(parts: dict[str, Any]) -> str:
@@ -83,8 +85,9 @@ class RunState:
         )
 
     def record(self, name: str, **fields: Any) -> None:
-        self.steps[name] = {**self.steps.get(name, {}), **fields}
-        self.save()
+        with _RECORDING:  # device lanes record from their own threads
+            self.steps[name] = {**self.steps.get(name, {}), **fields}
+            self.save()
 
     def save(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,9 @@ class Step:
     action: Callable[[], dict[str, Any]]  # returns a summary kept in the run manifest
     unavailable: str | None = None  # why it cannot run on this machine (skipped, not failed)
     variant: str | None = None
+    lane: str | None = None  # a device's name: lanes run in parallel, each in order
+    # Why it cannot run, known only once the steps it needs ran (a device's runtimes).
+    unavailable_now: Callable[[], str | None] | None = None
 
 
 @dataclass
@@ -77,7 +80,12 @@ def _artifact_sha(directory: Path) -> str | None:
         return None
 
 
-def plan(ctx: RunContext, targets: list[str] | None, probes: dict[str, Any]) -> list[Step]:
+def plan(
+    ctx: RunContext,
+    targets: list[str] | None,
+    probes: dict[str, Any],
+    devices: list[Any] | None = None,
+) -> list[Step]:
     from mmedge.targets import get_target, target_spec
 
     recipe = ctx.recipe
@@ -115,6 +123,11 @@ def plan(ctx: RunContext, targets: list[str] | None, probes: dict[str, Any]) -> 
         steps.append(_bench_step(ctx, BASELINE, None))
     timed = [s.variant for s in steps if s.name.startswith("bench:") and s.unavailable is None]
     steps.append(_latency_step(ctx, [v for v in timed if v is not None]))
+    if devices:
+        from mmedge.run.devices import plan_devices
+
+        built = [s.variant for s in steps if s.name.startswith("build:") and s.unavailable is None]
+        steps += plan_devices(ctx, [v for v in built if v is not None], devices)
     return steps
 
 

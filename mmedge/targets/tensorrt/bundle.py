@@ -14,9 +14,8 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from mmedge.data.datasets import DataSource
+from mmedge.data.recorded import recorded_source, write_recorded
 from mmedge.errors import InputSpecError
 from mmedge.inputs import Point, concrete_shape
 from mmedge.recipe import Recipe
@@ -28,8 +27,6 @@ PARITY = "parity.npz"
 ENGINE = "model.engine"
 ENGINE_META = "engine.json"
 TIMING_CACHE = "timing.cache"
-EXPECTED_PREFIX = "expected."  # parity.npz arrays holding reference outputs
-LABEL_KEY = "label"
 
 Profile = dict[str, dict[str, list[int]]]  # input -> {"min": dims, "opt": dims, "max": dims}
 POINTS: tuple[Point, ...] = ("min", "opt", "max")
@@ -150,14 +147,7 @@ def write_parity(
     out: Path, data: DataSource, samples: int, reference: Any, outputs: list[str]
 ) -> dict[str, Any]:
     """Bundle one batch of real inputs (+ labels) and the FP32 reference's outputs for them."""
-    item = next(data.batches(samples))
-    expected = reference(item.feeds)
-    arrays = {**item.feeds, **{EXPECTED_PREFIX + name: expected[name] for name in outputs}}
-    if item.labels is not None:
-        arrays[LABEL_KEY] = item.labels
-    np.savez_compressed(out, **arrays)
-    n = int(next(iter(item.feeds.values())).shape[0])
-    return {"samples": n, "labels": item.labels is not None, "source": data.describe()}
+    return write_recorded(out, data, reference, outputs, samples)
 
 
 def write_profile(out: Path, profile: Profile, extra: dict[str, Any]) -> None:
@@ -173,32 +163,8 @@ def read_profile(directory: Path) -> Profile:
 def parity_source(directory: Path, recipe: Recipe) -> tuple[Any, Any]:
     """The bundled parity set as a data source, and a runner that replays the recorded FP32
     outputs for it batch by batch (checking it is fed the same inputs, in order)."""
-    from mmedge.data.datasets import ArrayDataset
     from mmedge.errors import ArtifactError
 
-    path = directory / PARITY
-    if not path.is_file():
+    if not (directory / PARITY).is_file():
         raise ArtifactError(f"{directory} has no {PARITY}: it is not a complete TensorRT bundle")
-    with np.load(path, allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    expected = {
-        k.removeprefix(EXPECTED_PREFIX): v
-        for k, v in arrays.items()
-        if k.startswith(EXPECTED_PREFIX)
-    }
-    labels = arrays.get(LABEL_KEY)
-    feeds = {k: arrays[k] for k in recipe.inputs}
-    data = ArrayDataset(feeds, labels, f"the bundle's parity set {path.name}", LABEL_KEY)
-    first = next(iter(recipe.inputs))
-    offset = 0
-
-    def recorded(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        nonlocal offset
-        n = batch[first].shape[0]
-        if not np.array_equal(batch[first], feeds[first][offset : offset + n]):
-            raise ArtifactError("the recorded outputs are replayed only for the bundled inputs")
-        out = {k: v[offset : offset + n] for k, v in expected.items()}
-        offset += n
-        return out
-
-    return data, recorded
+    return recorded_source(directory / PARITY, recipe, "the bundle's parity set")
