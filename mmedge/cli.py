@@ -171,7 +171,7 @@ IsaOpt = typer.Option(
 DeviceOpt = typer.Option(
     None,
     help="Device, for targets that have several (OpenVINO: CPU, GPU, NPU, AUTO...) "
-    "[default: the recipe's].",
+    "\\[default: the recipe's].",
 )
 
 
@@ -219,7 +219,7 @@ def _quant_overrides(
 
 
 def _target_help(command: str) -> str:
-    return f"Target (registered: see `mmedge doctor`) [default: onnxruntime]; {command}"
+    return f"Target (registered: see `mmedge doctor`) \\[default: onnxruntime]; {command}"
 
 
 def _build(
@@ -261,7 +261,7 @@ def export(
     target: str = _target_option("Target to build for."),
     precision: Precision = typer.Option(Precision.fp32, "--precision", "-p"),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/TARGET-PRECISION]"
+        None, "--out", "-o", help="Output directory \\[default: runs/RECIPE_NAME/TARGET-PRECISION]"
     ),
     force: bool = typer.Option(False, "--force", help="Replace a different artifact at --out."),
     exporter: str | None = typer.Option(None, help="torchscript or dynamo (overrides the recipe)."),
@@ -287,7 +287,7 @@ def quantize(
     recipe: Path = RecipeArg,
     target: str = _target_option("Target to quantize for."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/TARGET-int8]"
+        None, "--out", "-o", help="Output directory \\[default: runs/RECIPE_NAME/TARGET-int8]"
     ),
     calib: Path | None = typer.Option(None, help="Calibration shards (overrides the recipe)."),
     samples: int | None = typer.Option(None, help="Use at most this many calibration samples."),
@@ -330,7 +330,7 @@ def quantize(
 def compare(
     directory: Path = ArtifactArg,
     reference: Path | None = typer.Option(
-        None, help="Another artifact directory to compare against [default: PyTorch FP32]."
+        None, help="Another artifact directory to compare against \\[default: PyTorch FP32]."
     ),
     samples: int | None = typer.Option(None, min=1, help="Use at most this many samples."),
     device: str | None = DeviceOpt,
@@ -463,7 +463,7 @@ def prune(
     recover: str | None = typer.Option(None, help="distill, finetune or none."),
     epochs: int | None = typer.Option(None, help="Recovery epochs."),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Output directory [default: runs/RECIPE_NAME/pruned]"
+        None, "--out", "-o", help="Output directory \\[default: runs/RECIPE_NAME/pruned]"
     ),
     force: bool = typer.Option(False, "--force", help="Replace a different result at --out."),
     strict: bool = typer.Option(
@@ -544,7 +544,7 @@ def build(
     ),
     on: str | None = OnOpt,
     mirror: Path | None = typer.Option(
-        None, help="With --on: copy the engine and its metadata here [default: BUNDLE@DEVICE]."
+        None, help="With --on: copy the engine and its metadata here \\[default: BUNDLE@DEVICE]."
     ),
     as_json: bool = JsonOpt,
 ) -> None:
@@ -573,10 +573,10 @@ def run_command(
     targets: str | None = typer.Option(
         None,
         help="Comma-separated subset of the registered targets (mmedge doctor lists them) "
-        "[default: the recipe's run.variants].",
+        "\\[default: the recipe's run.variants].",
     ),
     out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run directory [default: runs/RECIPE_NAME/run]."
+        None, "--out", "-o", help="Run directory \\[default: runs/RECIPE_NAME/run]."
     ),
     force: list[str] | None = typer.Option(
         None,

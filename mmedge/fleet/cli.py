@@ -125,11 +125,11 @@ def setup(
     wheelhouse: Path | None = typer.Option(
         None, help="Install offline from this directory of wheels (pip download ...)."
     ),
-    wheel: Path | None = typer.Option(None, help="This mmedge wheel [default: built or index]."),
+    wheel: Path | None = typer.Option(None, help="This mmedge wheel \\[default: built or index]."),
     system_site_packages: bool | None = typer.Option(
         None,
         "--system-site-packages/--isolated",
-        help="Let the venv see the system's packages (JetPack's TensorRT) [default: on a "
+        help="Let the venv see the system's packages (JetPack's TensorRT) \\[default: on a "
         "Jetson only].",
     ),
     as_json: bool = JsonOpt,
