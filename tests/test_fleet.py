@@ -420,10 +420,9 @@ def test_agent_protocol_trees_timeouts_and_clean_exits(
     copied = remote.pull(pushed.path, tmp_path / "back")
     assert {rel: (tmp_path / "back" / rel).read_bytes() for rel in copied} == files
     # A command past its timeout is stopped there too.
-    args = {"workdir": device.workdir, "argv": ["bench", pushed.path.replace("tree", "x")],
-            "lock": False}  # fmt: skip
     pushed_fp32 = remote.push(built.fp32)
-    args["argv"] = ["bench", pushed_fp32.path, "--duration", "30", "--json"]
+    args = {"workdir": device.workdir, "lock": False,
+            "argv": ["bench", pushed_fp32.path, "--duration", "30", "--json"]}  # fmt: skip
     with pytest.raises(DeviceError, match="timed out after 3"):
         ssh.call(endpoint, python, "exec", args, timeout=3, what="bench")
     _wait_no_remote(fleet, "bench")

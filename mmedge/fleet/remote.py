@@ -130,7 +130,7 @@ class Remote:
         if reply.rc != 0 or "path" not in result:
             raise DeviceError(
                 f"pushing {directory} to {self.name} failed (exit {reply.rc})"
-                f"{ssh._detail(reply.stderr)}"
+                f"{ssh.detail(reply.stderr)}"
             )
         return Pushed(dest, len(tree), sent["files"], sent["bytes"],
                       round(time.perf_counter() - started, 3))  # fmt: skip
@@ -152,7 +152,7 @@ class Remote:
                                  self._args(path=path, names=names), sink=sink)  # fmt: skip
                 if reply.rc != 0:
                     raise DeviceError(
-                        f"copying {path} back from {self.name} failed{ssh._detail(reply.stderr)}"
+                        f"copying {path} back from {self.name} failed{ssh.detail(reply.stderr)}"
                     )
                 sink.seek(0)
                 with tarfile.open(fileobj=sink, mode="r|") as tar:
@@ -205,7 +205,7 @@ class Remote:
                 hint=f"install the same mmedge there: mmedge device setup {self.name}",
             )
         if "rc" not in result:
-            raise DeviceError(f"{self.name} returned no result{ssh._detail(reply.stderr)}")
+            raise DeviceError(f"{self.name} returned no result{ssh.detail(reply.stderr)}")
         data = None
         out = str(result.get("stdout") or "").strip()
         if out:

@@ -25,7 +25,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import IO, Any
@@ -140,7 +140,7 @@ class Reply:
         if self.results:
             return self.result
         why = "timed out" if self.timed_out else f"ended without a result (exit {self.rc})"
-        raise DeviceError(f"{what} on {name} {why}{_detail(self.stderr)}")
+        raise DeviceError(f"{what} on {name} {why}{detail(self.stderr)}")
 
 
 @dataclass
@@ -153,7 +153,6 @@ class Call:
     args: dict[str, Any]
     timeout: float | None = None
     sink: IO[bytes] | None = None  # pull: stdout after the start line is a tar stream, here
-    _lines: list[dict[str, Any]] = field(default_factory=list)
 
     def argv(self) -> list[str]:
         payload = base64.b64encode(json.dumps(self.args).encode()).decode()
@@ -304,7 +303,7 @@ def call(
             if reply.rc == SSH_FAILED and not reply.results and sink is None:
                 raise DeviceError(
                     f"the connection to {endpoint.name} was lost during {what or verb}"
-                    f"{_detail(reply.stderr)}",
+                    f"{detail(reply.stderr)}",
                     hint="nothing finished was kept from it; run the command again",
                 )
             return reply
@@ -316,7 +315,7 @@ def call(
     raise AssertionError("unreachable")
 
 
-def _detail(stderr: str) -> str:
+def detail(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     return f" ({lines[-1][:300]})" if lines else ""
 
@@ -345,22 +344,22 @@ def classify(endpoint: Endpoint, reply: Reply, python: str) -> DeviceError:
         )
     if "Permission denied" in err or "Too many authentication failures" in err:
         return DeviceError(
-            f"{name} ({endpoint.host}) refused authentication{_detail(err)}",
+            f"{name} ({endpoint.host}) refused authentication{detail(err)}",
             hint="mmedge uses keys and agents only, never passwords (BatchMode): check "
             f"`ssh {endpoint.host} true` works without a prompt (ssh-copy-id, IdentityFile)",
         )
     if reply.rc == SSH_FAILED:
         return DeviceError(
-            f"cannot reach {name} ({endpoint.host}){_detail(err)}",
+            f"cannot reach {name} ({endpoint.host}){detail(err)}",
             hint=f"check the device is up and `ssh {endpoint.host} true` works",
         )
     if reply.rc == 127 or "No such file or directory" in err or "not found" in err:
         return DeviceError(
-            f"{name} has no Python at {python!r}{_detail(err)}",
+            f"{name} has no Python at {python!r}{detail(err)}",
             hint=f"install python3 (>= 3.8) on the device, or: mmedge device add {name} "
             "--ssh HOST --python PATH",
         )
-    return DeviceError(f"the mmedge agent on {name} failed (exit {reply.rc}){_detail(err)}")
+    return DeviceError(f"the mmedge agent on {name} failed (exit {reply.rc}){detail(err)}")
 
 
 def scan_fingerprint(endpoint: Endpoint) -> str | None:
