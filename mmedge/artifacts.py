@@ -73,7 +73,7 @@ def build_artifact(
     identity = {
         "target": target_name,
         "precision": precision,
-        "recipe_sha256": recipe.artifact_sha256(target_name),
+        "recipe_sha256": recipe.artifact_sha256(target_name, precision),
     }
     check_output_dir(out, identity, force)
     if auto:
@@ -111,7 +111,8 @@ def build_artifact(
                 "identity": identity,
                 "target": target_name,
                 "precision": precision,
-                "recipe": recipe.model_dump(mode="json"),
+                # The sweep section shapes no artifact (and an older reader would refuse it).
+                "recipe": recipe.model_dump(mode="json", exclude={"sweep"}),
                 "steps": steps,
             },
         )

@@ -621,6 +621,95 @@ def run_command(
         raise error
 
 
+class SearchKind(str, Enum):
+    grid = "grid"
+    optuna = "optuna"
+
+
+class Sampler(str, Enum):
+    tpe = "tpe"
+    nsga2 = "nsga2"
+
+
+@app.command()
+@_handled
+def sweep(
+    recipe: Path = RecipeArg,
+    grid: list[str] | None = typer.Option(
+        None,
+        "--grid",
+        help="FIELD=V1,V2,... (a recipe path: prune.branches.text, quantization.method, "
+        "run.variants...) or FIELD=LOW..HIGH (Optuna). Repeatable; adds to the recipe's "
+        "sweep.grid.",
+    ),
+    sets: list[str] | None = typer.Option(
+        None, "--set", help="FIELD=VALUE for every trial (e.g. bench.iterations=100). Repeatable."
+    ),
+    search: SearchKind | None = typer.Option(
+        None, "--search", help="grid (every combination) or optuna \\[default: sweep.search]."
+    ),
+    trials: int | None = typer.Option(
+        None, "--trials", min=1, help="Optuna: trials to run; grid: a cap \\[default: 30 / all]."
+    ),
+    objective: str | None = typer.Option(
+        None,
+        "--objective",
+        help="Comma-separated: accuracy, latency, size \\[default: all three].",
+    ),
+    sampler: Sampler | None = typer.Option(
+        None, "--sampler", help="Optuna's sampler: tpe or nsga2."
+    ),
+    seed: int | None = typer.Option(None, "--seed", help="The sampler's seed \\[default: 0]."),
+    on: str | None = typer.Option(
+        None,
+        "--on",
+        help="Measure on these devices (NAME[,NAME...]; 'local' is this machine) "
+        "\\[default: local]: a front per device.",
+    ),
+    address: str | None = typer.Option(
+        None, "--address", help="Join this Ray cluster (host:port) \\[default: start one here]."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="CPUs of the cluster started here \\[default: all]."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Sweep directory \\[default: runs/RECIPE_NAME/sweep]."
+    ),
+    cache: Path | None = typer.Option(
+        None,
+        "--cache",
+        help="Finished stages, by content key; share one between sweeps \\[default: OUT/cache].",
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Search recipe variations on Ray (a local cluster, or --address); the Pareto front of
+    accuracy, latency and size per device, with a ready-to-run recipe per front point."""
+    from mmedge.errors import SweepFailed
+    from mmedge.sweep.command import run_sweep
+    from mmedge.sweep.space import parse_grid, parse_sets
+
+    flags: dict[str, Any] = {
+        "grid": parse_grid(grid) if grid else None,
+        "search": search.value if search else None,
+        "trials": trials,
+        "objectives": [o.strip() for o in objective.split(",") if o.strip()] if objective else None,
+        "sampler": sampler.value if sampler else None,
+        "seed": seed,
+    }
+    name = _load(recipe, {}).name
+    directory = out or Path("runs") / name / "sweep"
+    progress = (lambda *_: None) if as_json else console.sweep_trial
+    data = run_sweep(recipe, parse_sets(sets or []), flags, on, address, workers, directory,
+                     cache, progress)  # fmt: skip
+    console.print_json(data) if as_json else console.sweep_summary(data)
+    failed = data["summary"]["failed"]
+    if failed:
+        raise SweepFailed(
+            f"{failed} of {data['summary']['trials']} trials failed; the fronts are of the rest",
+            hint=f"each failure's error is in {directory}/sweep.json (and sweep.md)",
+        )
+
+
 @app.command("report")
 @_handled
 def report_command(

@@ -521,3 +521,46 @@ def doctor(data: Mapping[str, Any]) -> None:
     out.print(table)
     for line in data["advice"]:
         out.print(f"[cyan]advice:[/] {escape(line)}", soft_wrap=True)
+
+
+def sweep_trial(result: Mapping[str, Any], done: int, total: int) -> None:
+    """One line per finished trial of `mmedge sweep`, on stderr (stdout stays for --json)."""
+    figures = []
+    for p in result["points"]:
+        if p["status"] == "ok":
+            acc = "-" if p.get("accuracy") is None else f"{p['accuracy']:.2f}%"
+            figures.append(f"{p['variant']}@{p['device']} {acc} {_fmt(p.get('p50_ms'), 3)} ms "
+                           f"{_fmt(p.get('mb'), 2)} MB")  # fmt: skip
+        else:
+            why = p.get("error") or p.get("reason") or ""
+            figures.append(f"{p['variant']}@{p['device']} {p['status']}: {why[:200]}")
+    stages = result.get("stages") or {}
+    cached = sum(1 for s in stages.values() if s.get("cached"))
+    style = {"ok": "green", "failed": "red"}.get(result["state"], "yellow")
+    err.print(
+        f"[{style}]{result['state']:>7}[/] {done}/{total} {escape(result['label'])}: "
+        f"{escape('; '.join(figures))} ({cached}/{len(stages)} stages cached)",
+        soft_wrap=True,
+    )
+
+
+def sweep_summary(data: Mapping[str, Any]) -> None:
+    """The fronts of `mmedge sweep`, a table per device, and where everything is."""
+    from mmedge.sweep.report import FRONT_HEADERS, front_rows
+
+    for device in data["fronts"]:
+        table = Table(title=f"front on {escape(device)} ({', '.join(data['objectives'])})")
+        for col in FRONT_HEADERS[:-1]:  # the recipes' directory is printed below the table
+            right = "%" in col or "ms" in col or col == "MB"
+            table.add_column(col, justify="right" if right else "left")
+        for row in front_rows(dict(data), device):
+            table.add_row(*(escape(c) for c in row[:-1]))
+        out.print(table)
+        where = f"{data['directory']}/front/{device}/"
+        out.print(f"front recipes: {escape(where)}", soft_wrap=True)
+    s, c = data["summary"], data.get("counts") or {}
+    out.print(
+        f"{s['trials']} trials ({s['failed']} failed, {s['stopped']} stopped); stages run "
+        f"{c.get('run', 0)}, from the cache {c.get('cached', 0)}, shared {c.get('shared', 0)}",
+        soft_wrap=True,
+    )

@@ -106,6 +106,19 @@ class HostKeyError(DeviceError):
     exit_code = 16
 
 
+class ClusterError(MmedgeError):
+    """The Ray cluster of a sweep: cannot be joined, a node without this mmedge or without the
+    sweep's files, or a task no node can hold."""
+
+    exit_code = 17
+
+
+class SweepFailed(MmedgeError):
+    """A sweep finished, but some of its trials failed (each recorded with its error)."""
+
+    exit_code = 18
+
+
 # Ctrl-C and SIGTERM (what `timeout`, CI and service managers send): the shell convention,
 # 128 + the signal's number.
 INTERRUPTED_EXIT_CODE = 130
@@ -135,6 +148,9 @@ EXIT_CODES: dict[int, str] = {
     DeviceError.exit_code: "a device is unknown, unreachable, refused the key, lost the link, "
     "or lacks a matching mmedge (mmedge device setup)",
     HostKeyError.exit_code: "a device's SSH host key is unknown or changed (refused)",
+    ClusterError.exit_code: "the Ray cluster cannot be joined, or a node lacks this mmedge or "
+    "the sweep's files",
+    SweepFailed.exit_code: "a sweep finished with failed trials (sweep.json says why)",
     INTERRUPTED_EXIT_CODE: "interrupted (Ctrl-C); nothing half-written is left",
     TERMINATED_EXIT_CODE: "terminated (SIGTERM); cleaned up as for Ctrl-C",
 }

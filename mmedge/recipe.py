@@ -28,6 +28,7 @@ from mmedge.config import PosInt, StrictConfig
 from mmedge.errors import RecipeError
 from mmedge.hashing import sha256_json
 from mmedge.preprocess.spec import PrepSpec
+from mmedge.sweep.spec import SweepConfig
 
 Dtype = Literal["float32", "float16", "int64", "int32", "bool", "uint8"]
 Modality = Literal["image", "text", "audio", "tabular", "other"]
@@ -463,6 +464,8 @@ class Recipe(StrictConfig):
     bench: BenchConfig = Field(default_factory=BenchConfig)
     prune: PruneConfig | None = None
     run: RunConfig = Field(default_factory=RunConfig)
+    # `mmedge sweep`: the recipe fields to vary and how to search them (mmedge/sweep/spec.py).
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     # Raw field name (a folder per field, or a manifest column) -> how it becomes inputs.
     preprocess: dict[str, PrepSpec] = Field(default_factory=dict)
 
@@ -491,14 +494,19 @@ class Recipe(StrictConfig):
         first = next(iter(self.inputs.values())).shape[0]
         return str(first)
 
-    def artifact_sha256(self, target: str | None = None) -> str:
+    def artifact_sha256(self, target: str | None = None, precision: str | None = None) -> str:
         """Hash of the fields that shape an artifact: what makes two artifacts 'the same'.
 
         Compare gates, bench settings, eval data and names are left out: changing them does
         not change what export or quantize would write. Of ``targets``, only ``target``'s own
         section counts (none without one): registering another target changes no artifact.
+        A float ``precision`` leaves out quantization and calibration too, so a sweep over
+        quantization settings builds its FP32 variant once.
         """
-        fields = self.model_dump(mode="json", include=_ARTIFACT_FIELDS - {"targets"})
+        left_out = {"targets"}
+        if precision is not None and precision != "int8":
+            left_out |= {"quantization", "calibration"}
+        fields = self.model_dump(mode="json", include=_ARTIFACT_FIELDS - left_out)
         if target is not None:
             fields["targets"] = {target: self.targets.root[target].model_dump(mode="json")}
         return sha256_json(fields)
@@ -702,6 +710,14 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
     An override whose value is None removes nothing and sets the field to null (e.g.
     ``calibration.synthetic`` when ``--calib`` names a directory instead).
     """
+    raw = load_raw(path)
+    if isinstance(raw, dict):
+        apply_overrides(raw, overrides or {})
+    return parse_recipe(raw, str(path))
+
+
+def load_raw(path: Path) -> Any:
+    """The recipe file as YAML data, its paths made absolute (not validated)."""
     from mmedge.yamlfile import YamlLimitError, load_yaml
 
     if not path.is_file():
@@ -719,8 +735,7 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
     if isinstance(raw, dict):
         _resolve_paths(raw, path.resolve().parent)
         _resolve_import_path(raw, path.resolve().parent)
-        apply_overrides(raw, overrides or {})
-    return parse_recipe(raw, str(path))
+    return raw
 
 
 def _resolve_import_path(raw: dict[str, Any], base: Path) -> None:

@@ -426,3 +426,36 @@ def test_agent_protocol_trees_timeouts_and_clean_exits(
     with pytest.raises(DeviceError, match="timed out after 3"):
         ssh.call(endpoint, python, "exec", args, timeout=3, what="bench")
     _wait_no_remote(fleet, "bench")
+
+
+def test_sweep_measures_on_each_device_and_gives_each_a_front(
+    fleet: SshServer, tmp_path: Path
+) -> None:
+    """`mmedge sweep --on local,dev-a,dev-b`: builds on the (local) Ray cluster, compare and
+    bench on every device, a front and front recipes per device."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        pytest.skip("needs Ray (mmedge[sweep])")
+    recipe = write_recipe(tmp_path, {"model.import_path": [str(REPO)],
+                                     "bench": {"warmup": 2, "iterations": 20, "threads": 1}})  # fmt: skip
+    out = tmp_path / "sweep"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "mmedge", "sweep", str(recipe), "--workers", "1", "-o", str(out),
+         "--grid", "run.variants=onnxruntime-fp32,onnxruntime-int8", "--on", "local,dev-a,dev-b"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = json.loads((out / "sweep.json").read_text())
+    assert data["devices"] == ["local", "dev-a", "dev-b"]
+    assert set(data["fronts"]) == {"local", "dev-a", "dev-b"}
+    for trial in data["trials"]:
+        variant = trial["overrides"]["run.variants"][0]
+        for name in ("dev-a", "dev-b"):
+            point = next(p for p in trial["points"] if p["device"] == name)
+            assert point["status"] == "ok" and point["p50_ms"] > 0 and point["accuracy"] is not None
+            assert (out / "trials" / trial["id"] / variant / f"bench-on-{name}.json").is_file()
+        assert trial["stages"][f"bench@dev-a:{variant}"]["node"] == "dev-a"
+    assert all(Path(p).is_file() for paths in data["front_recipes"].values() for p in paths)
+    assert (out / "devices" / "dev-a.json").is_file()

@@ -203,7 +203,7 @@ def prune_artifact(
                 "identity": identity,
                 "target": "pytorch",
                 "precision": "fp32",
-                "recipe": recipe.model_dump(mode="json"),
+                "recipe": recipe.model_dump(mode="json", exclude={"sweep"}),
                 "steps": {"prune": report},
             },
         )
@@ -255,7 +255,7 @@ def _save_program(model: nn.Module, recipe: Recipe, feeds: dict[str, Any], path:
 def derived_recipe(recipe: Recipe, cfg: PruneConfig) -> dict[str, Any]:
     """The same recipe, pointing at the pruned program (paths stay absolute)."""
     # None values stay: some mean "not checked" (compare gates), not "use the default".
-    raw = recipe.model_dump(mode="json", exclude={"prune"})
+    raw = recipe.model_dump(mode="json", exclude={"prune", "sweep"})
     raw["name"] = f"{recipe.name}-pruned"
     if recipe.model.factory is None:
         raw["model"] = {"path": PROGRAM}

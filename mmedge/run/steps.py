@@ -197,7 +197,7 @@ def _build_step(
     def key() -> dict[str, Any]:
         r = recipe()
         return {
-            "recipe": r.artifact_sha256(target),
+            "recipe": r.artifact_sha256(target, precision),
             "model": _model_sha(r),
             **_data_sha(r, calibration=precision == "int8"),
             "variant": variant,
