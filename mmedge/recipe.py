@@ -365,6 +365,9 @@ class RecoverConfig(StrictConfig):
     # distilling through them can only damage what was not broken (seen: a pretrained text
     # encoder trained at 3e-3 collapsed a model to one class).
     freeze_untouched: bool = True
+    # Where distillation trains: cuda is another numeric path (its own cache key), never a
+    # silent fallback; `mmedge sweep` asks its Ray cluster for a GPU for such a prune.
+    device: Literal["cpu", "cuda"] = "cpu"
 
 
 class PruneConfig(StrictConfig):
@@ -714,6 +717,12 @@ def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> Recipe:
     if isinstance(raw, dict):
         apply_overrides(raw, overrides or {})
     return parse_recipe(raw, str(path))
+
+
+def parse_relative(raw: dict[str, Any], base: Path, source: str) -> Recipe:
+    """A recipe from data whose relative paths are relative to ``base``."""
+    _resolve_paths(raw, base)
+    return parse_recipe(raw, source)
 
 
 def load_raw(path: Path) -> Any:

@@ -441,3 +441,26 @@ def test_a_shapes_file_that_names_no_width_is_refused(tmp_path: Path) -> None:
     assert result.exit_code == 8, result.stderr
     assert "head.classifier.forward = 3 is not a width of that module" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _cuda_recipe(tmp_path: Path) -> Path:
+    prune = {"ratio": 0.5, "round_to": 2, "recover": {"device": "cuda", "epochs": 2}}
+    return write_recipe(tmp_path, {"prune": prune})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without a GPU")
+def test_distillation_on_cuda_without_a_gpu_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, ["prune", str(_cuda_recipe(tmp_path)), "-o", str(out)])
+    assert result.exit_code == 11, result.output
+    assert "prune.recover.device is 'cuda'" in result.output and not out.exists()
+
+
+@pytest.mark.gpu
+def test_distillation_trains_on_cuda(tmp_path: Path) -> None:
+    """The student and teacher train on the GPU and come back to the CPU to be saved."""
+    out = tmp_path / "pruned"
+    result = runner.invoke(app, ["prune", str(_cuda_recipe(tmp_path)), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    recover = json.loads((out / "manifest.json").read_text())["steps"]["prune"]["recover"]
+    assert recover["steps"] > 0 and recover["first_loss"] is not None

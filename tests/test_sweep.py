@@ -281,6 +281,32 @@ def test_failing_and_stopped_trials_are_recorded_and_the_sweep_goes_on(tmp_path:
     assert not any(n.startswith("bench") for n in ok["stages"])  # latency is no objective
 
 
+@needs_ray
+def test_trials_share_one_pruned_model_and_keep_their_own_settings(tmp_path: Path) -> None:
+    """Quantization settings do not change a pruned model: one prune serves every trial, and
+    each trial's build still gets its own settings (not those of the trial that pruned)."""
+    recipe = _tiny(tmp_path, {"prune": {"ratio": 0.5, "round_to": 2, "recover": {"mode": "none"}},
+                              "run": {"variants": ["onnxruntime-int8"]}})  # fmt: skip
+    out = tmp_path / "out"
+    grid = ["--grid", "quantization.per_channel=true,false", "--objective", "accuracy,size"]
+    result = sweep(str(recipe), *grid, "--workers", "2", "-o", str(out))
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = read(out)
+    first, second = data["trials"]
+    assert first["stages"]["prune"]["key"] == second["stages"]["prune"]["key"]
+    assert (
+        first["stages"]["build:onnxruntime-int8"]["key"]
+        != second["stages"]["build:onnxruntime-int8"]["key"]
+    )
+    for trial in data["trials"]:
+        manifest = json.loads((Path(trial["points"][0]["artifact"]) / "manifest.json").read_text())
+        assert (
+            manifest["recipe"]["quantization"]["per_channel"]
+            == trial["overrides"]["quantization.per_channel"]
+        )
+        assert manifest["recipe"]["model"]["weights"].endswith("pruned.safetensors")
+
+
 @pytest.mark.parametrize(
     ("args", "code", "words"),
     [
@@ -393,6 +419,20 @@ def test_space_values_and_fields() -> None:
                                    "prune.branches.text=0.25,0.5"]), recipe)  # fmt: skip
     assert space["run.variants"] == [["onnxruntime-int8"], ["onnxruntime-fp32", "openvino-int8"]]
     assert field_annotation("targets.openvino.nncf.preset", recipe) is not None
+
+
+def test_a_gpu_prune_needs_a_gpu_node() -> None:
+    from mmedge.errors import ClusterError
+    from mmedge.sweep.cluster import Cluster, check_fits
+
+    cpu_node = {"resources": {"CPU": 2.0, "memory": 8 * 2**30}}
+    gpu_node = {"resources": {"CPU": 8.0, "GPU": 1.0, "memory": 64 * 2**30}}
+    check_fits(Cluster(None, [cpu_node]), 1, 1)
+    check_fits(Cluster(None, [cpu_node, gpu_node]), 1, 1, gpus=1)
+    with pytest.raises(ClusterError, match="no node of the Ray cluster has a GPU"):
+        check_fits(Cluster(None, [cpu_node]), 1, 1, gpus=1)
+    with pytest.raises(ClusterError, match="no node of the cluster has 4 CPUs"):
+        check_fits(Cluster(None, [cpu_node]), 4, 1)
 
 
 def test_front_recipe_pins_the_isa_and_one_variant() -> None:

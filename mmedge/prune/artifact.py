@@ -211,12 +211,22 @@ def prune_artifact(
 
 
 def _prune_sha(recipe: Recipe) -> str:
+    """The fields a pruned model depends on: not the quantization settings, nor the export's
+    (a sweep over them prunes once); the calibration set only when pruning reads it (Taylor
+    importance, or recovery without data of its own)."""
     import json
 
+    cfg = recipe.prune
+    reads_calibration = cfg is not None and (
+        cfg.importance == "taylor" or (cfg.recover.mode != "none" and cfg.recover.data is None)
+    )
+    fields = {"model", "inputs", "axes", "outputs", "branches"}
     text = json.dumps(
         {
-            "model": recipe.artifact_sha256(),
-            "prune": recipe.prune.model_dump(mode="json") if recipe.prune else None,
+            "model": recipe.model_dump(
+                mode="json", include=fields | ({"calibration"} if reads_calibration else set())
+            ),
+            "prune": cfg.model_dump(mode="json") if cfg else None,
         },
         sort_keys=True,
     )

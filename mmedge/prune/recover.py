@@ -18,7 +18,7 @@ import numpy as np
 
 from mmedge.branches import UNASSIGNED, branch_of
 from mmedge.data.datasets import DataSource
-from mmedge.errors import InputSpecError, TargetBuildError
+from mmedge.errors import DeviceUnavailable, InputSpecError, TargetBuildError
 from mmedge.model import ordered_args
 from mmedge.progress import TrainStep
 from mmedge.recipe import Recipe, RecoverConfig
@@ -93,6 +93,9 @@ def recover(
     before = copy.deepcopy(student.state_dict())
     held = held_out(data)
     held_before = _held_out_kl(student, teacher, held, cfg.temperature)
+    device = _device(cfg.device)
+    student.to(device)  # the held-out checks stay on the CPU: the same figures either way
+    teacher.to(device)
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr)
     steps = -(-data.samples // cfg.batch)
     # Cosine decay: large steps while pruning damage is large, small ones to settle.
@@ -108,7 +111,7 @@ def recover(
     try:
         for epoch in range(cfg.epochs):
             for step, batch in enumerate(data.batches(cfg.batch)):
-                feeds = _tensors(batch.feeds)
+                feeds = {k: v.to(device) for k, v in _tensors(batch.feeds).items()}
                 with torch.no_grad():
                     t_logits = teacher(*ordered_args(teacher, feeds))
                 s_logits = student(*ordered_args(student, feeds))
@@ -131,7 +134,8 @@ def recover(
                             matched.add(branch)
                 if cfg.mode == "finetune":
                     assert batch.labels is not None
-                    loss = loss + F.cross_entropy(s_logits, torch.from_numpy(batch.labels).long())
+                    labels = torch.from_numpy(batch.labels).long().to(device)
+                    loss = loss + F.cross_entropy(s_logits, labels)
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()
@@ -142,6 +146,8 @@ def recover(
     finally:
         for h in [*s_hooks, *t_hooks]:
             h.remove()
+        student.to("cpu")
+        teacher.to("cpu")
     final = float(np.mean(losses[-steps:])) if losses else None
     held_after = _held_out_kl(student, teacher, held, cfg.temperature)
     # Fine-tuning trades agreement with the teacher for labels: only distillation must agree more.
@@ -173,6 +179,18 @@ def recover(
         "rejected": rejected,
         "seconds": round(time.perf_counter() - start, 1),
     }
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable(
+            "prune.recover.device is 'cuda', but PyTorch sees no CUDA device here",
+            hint="train on the CPU (prune.recover.device: cpu), or run where a GPU and a CUDA "
+            "build of torch are",
+        )
+    return torch.device(name)
 
 
 def _branch(parameter: str, recipe: Recipe) -> str:

@@ -133,8 +133,14 @@ def check_nodes(cluster: Cluster, paths: list[Path]) -> None:
             )
 
 
-def check_fits(cluster: Cluster, cpus: float, memory_gb: float) -> None:
+def check_fits(cluster: Cluster, cpus: float, memory_gb: float, gpus: int = 0) -> None:
     """A task no node can hold would wait forever: refuse it now."""
+    if gpus and not any(float(n["resources"].get("GPU", 0)) >= gpus for n in cluster.nodes):
+        raise ClusterError(
+            "prune.recover.device is 'cuda', but no node of the Ray cluster has a GPU",
+            hint="join a cluster with GPU nodes (--address), or distil on the CPU "
+            "(--set prune.recover.device=cpu)",
+        )
     fits = [
         n for n in cluster.nodes
         if float(n["resources"].get("CPU", 0)) >= cpus

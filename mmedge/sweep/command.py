@@ -63,6 +63,18 @@ def prepare(
     return base, cfg, space
 
 
+def _some_trials(space: Space, cfg: SweepConfig) -> list[Any]:
+    """The grid's trials, or for Optuna one per value of a listed field (enough to see
+    whether any needs a GPU: a range never decides the device)."""
+    from mmedge.sweep.space import Trial
+
+    if cfg.search == "grid":
+        return grid_trials(space, cfg.trials)
+    return [Trial({f: v}) for f, vs in space.items() if isinstance(vs, list) for v in vs] or [
+        Trial({})
+    ]
+
+
 def parse_devices(on: str | None) -> tuple[bool, list[Device]]:
     """``--on local,NAME``: 'local' is this machine; default: this machine alone."""
     if on is None:
@@ -85,7 +97,7 @@ def run_sweep(
     progress: Callable[[dict[str, Any], int, int], None],
 ) -> dict[str, Any]:
     from mmedge.sweep import cluster as ray_cluster
-    from mmedge.sweep.driver import Driver
+    from mmedge.sweep.driver import Driver, gpus_for
     from mmedge.sweep.store import Store
 
     base, cfg, space = prepare(recipe_path, sets, flags)
@@ -109,7 +121,8 @@ def run_sweep(
         started = ray_cluster.start(address, workers)
         try:
             ray_cluster.check_nodes(started, _paths(base, recipe_path, store.root))
-            ray_cluster.check_fits(started, cfg.resources.cpus, cfg.resources.memory_gb)
+            gpus = max((gpus_for(trial_recipe(base, t)) for t in _some_trials(space, cfg)), default=0)
+            ray_cluster.check_fits(started, cfg.resources.cpus, cfg.resources.memory_gb, gpus)
             state["cluster"] = started.describe()
             search, carried = _search(space, cfg, old, state)
             slots = max(1, int(started.cpus // cfg.resources.cpus))

@@ -235,7 +235,9 @@ class Driver:
                 str(self.store.root), run.keys.get("prune") if kind != "prune" else None,
                 run.keys.get(f"build:{name.partition(':')[2]}") if kind == "compare" else None,
             )  # fmt: skip
-            self.tasks[self._task(kind).remote(spec, key)] = key
+            self.tasks[
+                self._task(kind, gpus=gpus_for(run.recipe) if kind == "prune" else 0).remote(spec, key)
+            ] = key
         elif stage.device == LOCAL:
             self.measure.append(stage)
         else:
@@ -243,7 +245,7 @@ class Driver:
             self.device_futures[pool.submit(self._on_device, stage, key)] = key
         return False
 
-    def _task(self, kind: str) -> Any:
+    def _task(self, kind: str, gpus: int = 0) -> Any:
         import ray
 
         if self._remote is None:
@@ -251,6 +253,7 @@ class Driver:
         res = self.cfg.resources
         return self._remote.options(
             num_cpus=res.cpus,
+            num_gpus=gpus,  # Ray gives the task its own CUDA_VISIBLE_DEVICES
             memory=int(res.memory_gb * 2**30),
             max_retries=2,  # a worker that died (killed, out of memory): Ray runs it again
             retry_exceptions=False,  # a user error fails the same way twice
@@ -292,9 +295,9 @@ class Driver:
                 key = self.tasks.pop(ref)
                 try:
                     record = ray.get(ref)
-                except Exception as err:  # retries spent (a worker killed again and again)
-                    record = stages.failure(_ray_error(err), self.waiting[key][0].name,
-                                            time.perf_counter(), "-")  # fmt: skip
+                except Exception as err:  # retries spent, or the task failed outside its body
+                    name = self.waiting[key][0].name
+                    record = stages.failure(_ray_error(err), name, time.perf_counter(), "-")
                 self._finish(key, record)
         else:
             time.sleep(0.05)
@@ -365,10 +368,20 @@ class Driver:
             pass
 
 
+def gpus_for(recipe: Recipe) -> int:
+    """A GPU for a prune that distils on CUDA (prune.recover.device), none otherwise."""
+    cfg = recipe.prune
+    return int(cfg is not None and cfg.recover.mode != "none" and cfg.recover.device == "cuda")
+
+
 def _ray_error(err: Exception) -> Exception:
-    """Ray's wrapper of a lost task, as the user's error it is."""
+    """What Ray raised for a task, as the error it is: the task's own exception (a full disk
+    while it set up), or a task lost with its node or worker after Ray's retries."""
     from mmedge.errors import ClusterError
 
+    cause = getattr(err, "cause", None)  # a RayTaskError carries the task's exception
+    if isinstance(cause, Exception):
+        return cause
     text = str(err).strip().splitlines()
     return ClusterError(
         f"a task was lost on the cluster after its retries: {text[0] if text else err!r}",

@@ -46,6 +46,18 @@ class SweepContext(RunContext):
     def artifact(self, variant: str) -> Path:
         return self.built.get(variant, self.directory / variant)
 
+    def effective(self) -> Recipe:
+        """The trial's recipe on the pruned model. Not the pruned directory's recipe.yaml, as
+        in a run: trials that differ only past pruning (quantization...) share one pruned
+        model, and that file holds the settings of the trial that pruned it."""
+        if self.recipe.prune is None:
+            return self.recipe
+        from mmedge.prune.artifact import derived_recipe
+        from mmedge.recipe import parse_relative
+
+        raw = derived_recipe(self.recipe, self.recipe.prune)
+        return parse_relative(raw, self.pruned_dir, f"the pruned recipe of {self.recipe.name}")
+
 
 @dataclass(frozen=True)
 class StageSpec:
