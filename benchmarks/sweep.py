@@ -22,10 +22,12 @@ import json
 import random
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
+    RESULTS,
     ROOT,
     fresh_process,
     median,
@@ -61,7 +63,7 @@ def _served(counts: dict[str, int]) -> float:
     return (counts["cached"] + counts["shared"]) / total if total else 0.0
 
 
-def workers(rounds: int, root: Path) -> tuple[dict[str, Any], str]:
+def workers(rounds: int, root: Path) -> dict[str, Any]:
     runs: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     last = None
     for r in range(rounds):
@@ -75,7 +77,14 @@ def workers(rounds: int, root: Path) -> tuple[dict[str, Any], str]:
     assert last is not None
     again = sweep([*GRID12, "--workers", "2", "-o", str(last)])
     ratio = paired_interval([x["wall_s"] for x in runs[1]], [x["wall_s"] for x in runs[2]])
-    counts = runs[2][0]["counts"]
+    return {"rounds": runs, "again": {"wall_s": again["wall_s"],
+                                      "counts": again["data"]["counts"]},
+            "ratio": vars(ratio), "served_share": _served(runs[2][0]["counts"])}  # fmt: skip
+
+
+def render_workers(data: dict[str, Any]) -> str:
+    runs = {int(w): r for w, r in data["rounds"].items()}
+    again, ratio = data["again"], data["ratio"]
     rows = [
         [f"{w} worker{'s' if w > 1 else ''}", f"{median([x['wall_s'] for x in runs[w]]):.1f}",
          ", ".join(f"{x['wall_s']:.1f}" for x in runs[w]),
@@ -84,23 +93,20 @@ def workers(rounds: int, root: Path) -> tuple[dict[str, Any], str]:
         for w in (1, 2) for x in runs[w][:1]
     ]  # fmt: skip
     rows.append(["2 workers, again (resume)", f"{again['wall_s']:.1f}", "-",
-                 f"{again['data']['counts']['run']} / {again['data']['counts']['cached']}",
-                 f"{_served(again['data']['counts']):.0%}"])  # fmt: skip
-    md = (
+                 f"{again['counts']['run']} / {again['counts']['cached']}",
+                 f"{_served(again['counts']):.0%}"])  # fmt: skip
+    return (
         "### A 12-trial grid on the reference recipe: 1 vs 2 workers\n\n"
         "`mmedge sweep recipes/reference.yaml` with run.variants (ORT FP32, ORT INT8, OpenVINO "
         "INT8) x quantization.method (minmax, entropy) x per_channel (on, off); the recipe "
         "prunes (0.5, distillation) and gates INT8 (the policy search). Fresh process and cache "
-        f"per run, {rounds} rounds, the order alternating.\n\n"
+        f"per run, {ratio['rounds']} rounds, the order alternating; measured "
+        f"{data.get('measured', '2026-11-30 17:15 UTC')}. Stages run / served: the "
+        "first run's (a stage is served from the cache, or shared with the trial running it).\n\n"
         + table(["run", "median wall s", "each run s", "stages run / served", "served"], rows)
-        + f"\n1 worker / 2 workers: **{ratio.median:.2f}x** [{ratio.low:.2f}, {ratio.high:.2f}] "
-        "(median of per-round ratios, bootstrap 95% interval). Stages served: from the cache, "
-        "or shared with the trial running them (the one prune serves all 12 trials; the FP32 "
-        "build serves 4).\n"
+        + f"\n1 worker / 2 workers: **{ratio['median']:.2f}x** [{ratio['low']:.2f}, "
+        f"{ratio['high']:.2f}] (median of per-round ratios, bootstrap 95% interval).\n"
     )
-    return {"rounds": runs, "again": {"wall_s": again["wall_s"],
-                                      "counts": again["data"]["counts"]},
-            "ratio": vars(ratio), "served_share": _served(counts)}, md  # fmt: skip
 
 
 def _front_values(data: dict[str, Any]) -> set[tuple[float, ...]]:
@@ -110,7 +116,7 @@ def _front_values(data: dict[str, Any]) -> set[tuple[float, ...]]:
     return {tuple(v) for p in front if (v := values(p, OBJECTIVES)) is not None}
 
 
-def search(trials: int, root: Path) -> tuple[dict[str, Any], str]:
+def search(trials: int, root: Path) -> dict[str, Any]:
     from mmedge.sweep.front import pareto, values
 
     cache = root / "cache"
@@ -125,9 +131,10 @@ def search(trials: int, root: Path) -> tuple[dict[str, Any], str]:
                           sampler, "--seed", str(seed), "--workers", "2", "--cache", str(cache),
                           "-o", str(out)])  # fmt: skip
             got = _front_values(done["data"])
-            distinct = len({t["id"] for t in done["data"]["trials"]})
             found.append({"sampler": sampler, "seed": seed, "recovered": len(got & target),
-                          "front": len(got), "distinct_trials": distinct,
+                          "front": len(got), "asks": len(done["data"]["trials"]),
+                          "distinct_trials": len({t["id"] for t in done["data"]["trials"]}),
+                          "stages_run": done["data"]["counts"]["run"],
                           "wall_s": done["wall_s"]})  # fmt: skip
             print(found[-1], flush=True)
     points = [p for t in grid["data"]["trials"] for p in t["points"] if p["status"] == "ok"]
@@ -143,29 +150,36 @@ def search(trials: int, root: Path) -> tuple[dict[str, Any], str]:
         got = {tuple(v) for p in pareto(sub, OBJECTIVES) if (v := values(p, OBJECTIVES))}
         draws.append(float(len(got & target)))
     draws.sort()
-    rows = [[f["sampler"], str(f["seed"]), f"{f['recovered']} / {len(target)}",
-             f"{f['recovered'] / len(target):.0%}", str(f["distinct_trials"]),
+    return {"trials": trials,
+            "grid": {"wall_s": grid["wall_s"], "front": sorted(target), "trials": len(ids),
+                     "counts": grid["data"]["counts"], "failed": grid["data"]["summary"]["failed"]},
+            "searches": found,
+            "random": {"median": median(draws), "p5": draws[50], "p95": draws[949]}}  # fmt: skip
+
+
+def render_search(data: dict[str, Any]) -> str:
+    grid, found, rnd, trials = data["grid"], data["searches"], data["random"], data["trials"]
+    size = len(grid["front"])
+    rows = [[f["sampler"], str(f["seed"]), f"{f['recovered']} / {size}",
+             f"{f['recovered'] / size:.0%}", f"{f['distinct_trials']} ({f.get('asks', '-')})",
              f"{f['wall_s']:.0f}"] for f in found]  # fmt: skip
-    rows.append(["random (1000 draws)", "-", f"median {median(draws):.0f} / {len(target)} "
-                 f"[{draws[50]:.0f}, {draws[949]:.0f}]", f"{median(draws) / len(target):.0%}",
+    rows.append(["random (1000 draws)", "-", f"median {rnd['median']:.0f} / {size} "
+                 f"[{rnd['p5']:.0f}, {rnd['p95']:.0f}]", f"{rnd['median'] / size:.0%}",
                  str(trials), "-"])  # fmt: skip
-    failed = grid["data"]["summary"]["failed"]
-    md = (
-        "### 30-trial Optuna vs the full 81-trial grid\n\n"
+    failed = f", {grid['failed']} of them failed" if grid["failed"] else ""
+    return (
+        f"### {trials}-trial Optuna vs the full {grid['trials']}-trial grid\n\n"
         f"Space: prune.branches.image/text/audio in {{{RATIOS}}} x run.variants (ORT FP32, ORT "
-        "INT8, OpenVINO INT8); 3 distillation epochs, no INT8 gate. The grid took "
-        f"{grid['wall_s']:.0f} s with 2 workers ({failed} trials failed: ratios all 0 leave "
-        f"nothing to distil); its front on this machine has {len(target)} points. Each search "
-        f"ran {trials} trials (fewer distinct ones when the sampler asked for a trial twice) "
-        "on the grid's cache, so every figure is the same measurement.\n\n"
-        + table(["search", "seed", "grid front found", "share", "distinct trials", "wall s"], rows)
-        + "\nRandom: 30 of the 81 trials drawn uniformly, 1000 times; median and 5-95% range.\n"
+        "INT8, OpenVINO INT8); the fusion head at the recipe's ratio 0.5, 3 distillation "
+        f"epochs, no INT8 gate. The grid took {grid['wall_s']:.0f} s with 2 workers{failed}; "
+        f"its front (accuracy, p50, MB) on this machine has {size} points. Each search ran "
+        f"{trials} distinct trials (a trial the sampler asked again is served from the cache and "
+        "not counted; asks in brackets) on the grid's cache, so every figure is the same "
+        f"measurement of the same artifact. Measured {data.get('measured')}.\n\n"
+        + table(["search", "seed", "grid front found", "share", "trials (asks)", "wall s"], rows)
+        + f"\nRandom: {trials} of the {grid['trials']} trials drawn uniformly, 1000 times; "
+        "median and 5-95% range.\n"
     )
-    data = {"grid": {"wall_s": grid["wall_s"], "front": sorted(target),
-                     "counts": grid["data"]["counts"], "failed": failed},
-            "searches": found, "random": {"median": median(draws), "p5": draws[50],
-                                          "p95": draws[949]}}  # fmt: skip
-    return data, md
 
 
 def main() -> None:
@@ -174,17 +188,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=30)
     args = parser.parse_args()
+    # A part run alone keeps the other's recorded figures (the Markdown is rendered from them).
+    recorded = RESULTS / "sweep.json"
     results: dict[str, Any] = {}
-    parts: list[str] = []
+    if recorded.is_file():
+        old = json.loads(recorded.read_text())
+        results = {k: v for k, v in old.items() if k in ("workers", "search")}
     with tempfile.TemporaryDirectory(prefix="mmedge-bench-sweep-") as tmp:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         if "workers" in args.parts:
-            data, md = workers(args.rounds, Path(tmp) / "workers")
-            results["workers"] = data
-            parts.append(md)
+            results["workers"] = {**workers(args.rounds, Path(tmp) / "workers"), "measured": when}
         if "search" in args.parts:
-            data, md = search(args.trials, Path(tmp) / "search")
-            results["search"] = data
-            parts.append(md)
+            results["search"] = {**search(args.trials, Path(tmp) / "search"), "measured": when}
+    parts = []
+    if "workers" in results:
+        parts.append(render_workers(results["workers"]))
+    if "search" in results:
+        parts.append(render_search(results["search"]))
     write_results("sweep", results, "\n".join(parts))
 
 

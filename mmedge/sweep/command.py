@@ -121,7 +121,9 @@ def run_sweep(
         started = ray_cluster.start(address, workers)
         try:
             ray_cluster.check_nodes(started, _paths(base, recipe_path, store.root))
-            gpus = max((gpus_for(trial_recipe(base, t)) for t in _some_trials(space, cfg)), default=0)
+            gpus = max(
+                (gpus_for(trial_recipe(base, t)) for t in _some_trials(space, cfg)), default=0
+            )
             ray_cluster.check_fits(started, cfg.resources.cpus, cfg.resources.memory_gb, gpus)
             state["cluster"] = started.describe()
             search, carried = _search(space, cfg, old, state)
@@ -132,7 +134,8 @@ def run_sweep(
             def on_trial(result: dict[str, Any]) -> None:
                 results[result["number"]] = result
                 _save(directory, state, results)
-                progress(result, len(results), search.total)
+                distinct = sum(1 for r in results.values() if not r.get("repeat"))
+                progress(result, distinct, search.total)
 
             driver = Driver(search, base, recipe_path.resolve(), cfg, directory, store,
                             devices, local, on_trial, capacity)  # fmt: skip
@@ -245,7 +248,8 @@ def _search(
     for trial in carried:
         values = objective_values(trial, cfg.objectives)
         told = trial["state"] if values is not None or trial["state"] != "ok" else FAILED
-        history.append({"overrides": trial["overrides"], "values": values, "state": told})
+        history.append({"overrides": trial["overrides"], "values": values, "state": told,
+                        "repeat": bool(trial.get("repeat"))})  # fmt: skip
     return OptunaSearch(space, cfg, history), carried
 
 

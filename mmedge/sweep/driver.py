@@ -130,8 +130,10 @@ class Driver:
             trial, number = asked, self.search.start + self.asked
             self.asked += 1
             if trial.id in self.results:
+                self.search.repeated()
                 self._repeat(number, trial)
             elif any(r.trial.id == trial.id for r in self.active):
+                self.search.repeated()
                 self.parked.append((number, trial))
             else:
                 self.active.append(self._open(number, trial))
@@ -236,7 +238,9 @@ class Driver:
                 run.keys.get(f"build:{name.partition(':')[2]}") if kind == "compare" else None,
             )  # fmt: skip
             self.tasks[
-                self._task(kind, gpus=gpus_for(run.recipe) if kind == "prune" else 0).remote(spec, key)
+                self._task(kind, gpus=gpus_for(run.recipe) if kind == "prune" else 0).remote(
+                    spec, key
+                )
             ] = key
         elif stage.device == LOCAL:
             self.measure.append(stage)

@@ -25,6 +25,8 @@ class Search(Protocol):
 
     def tell(self, number: int, values: list[float] | None, state: str) -> None: ...
 
+    def repeated(self) -> None: ...
+
 
 class GridSearch:
     def __init__(self, space: Space, cap: int | None) -> None:
@@ -37,6 +39,9 @@ class GridSearch:
 
     def tell(self, number: int, values: list[float] | None, state: str) -> None:
         pass  # a grid does not learn
+
+    def repeated(self) -> None:
+        pass  # a grid asks each trial once
 
 
 class OptunaSearch:
@@ -75,6 +80,8 @@ class OptunaSearch:
         for done in history:  # a resumed sweep: what was measured already
             self._study.add_trial(self._recorded(done))
         self.asked = self.start = len(history)
+        # Asks allowed: the trials, plus those asked again (see `repeated`).
+        self._budget = self.total + sum(1 for done in history if done.get("repeat"))
 
     def _distribution(self, field: str, values: list[Any] | Range) -> Any:
         d = self._optuna.distributions
@@ -109,8 +116,14 @@ class OptunaSearch:
             state=state,
         )
 
+    def repeated(self) -> None:
+        """The trial just asked had been measured already (samplers ask again, categorical
+        spaces often): it costs nothing and does not count against --trials. At most three
+        asks per trial in all: a sampler that only repeats itself has found what it can."""
+        self._budget = min(self._budget + 1, 3 * self.total)
+
     def ask(self) -> Trial | None:
-        if self.asked >= self.total:
+        if self.asked >= self._budget:
             return None
         trial = self._study.ask(self._dists)
         self._asked[self.asked] = trial
