@@ -329,6 +329,13 @@ def test_trials_share_one_pruned_model_and_keep_their_own_settings(tmp_path: Pat
         (["--grid", "name=a,b"], 3, "cannot be swept"),
         (["--grid", "targets.nope.x=1"], 3, "'nope' is not a target"),
         (["--grid", "bench.iterations=10,10"], 3, "lists a value twice"),
+        (["--grid", "quantization.op_types=[Conv"], 3, "is not a YAML value"),
+        (["--grid", "bench.iterations=1.5..30", "--search", "optuna"], 3, "takes integers"),
+        (
+            ["--grid", "run.variants=tensorrt-int8,onnxruntime-int8"],
+            3,
+            "cannot sweep tensorrt-int8",
+        ),
         ([], 3, "nothing to sweep"),
         (["--grid", "prune.ratio=0.1,0.2", "--search", "optuna"], 3, "one variant per trial"),
         (["--grid", "prune.ratio=0.1,0.2", "--on", "nosuch"], 15, "unknown device 'nosuch'"),
@@ -432,18 +439,35 @@ def test_space_values_and_fields() -> None:
     assert field_annotation("targets.openvino.nncf.preset", recipe) is not None
 
 
-def test_a_gpu_prune_needs_a_gpu_node() -> None:
+def test_tasks_must_fit_a_node_and_a_gpu_is_found_with_them() -> None:
     from mmedge.errors import ClusterError
     from mmedge.sweep.cluster import Cluster, check_fits
 
     cpu_node = {"resources": {"CPU": 2.0, "memory": 8 * 2**30}}
     gpu_node = {"resources": {"CPU": 8.0, "GPU": 1.0, "memory": 64 * 2**30}}
-    check_fits(Cluster(None, [cpu_node]), 1, 1)
-    check_fits(Cluster(None, [cpu_node, gpu_node]), 1, 1, gpus=1)
-    with pytest.raises(ClusterError, match="no node of the Ray cluster has a GPU"):
-        check_fits(Cluster(None, [cpu_node]), 1, 1, gpus=1)
+    small_gpu = {"resources": {"CPU": 1.0, "GPU": 1.0, "memory": 2 * 2**30}}
+    assert check_fits(Cluster(None, [cpu_node]), 1, 1) is False
+    assert check_fits(Cluster(None, [cpu_node, gpu_node]), 1, 1) is True
+    assert check_fits(Cluster(None, [cpu_node, small_gpu]), 2, 4) is False  # not on one node
     with pytest.raises(ClusterError, match="no node of the cluster has 4 CPUs"):
         check_fits(Cluster(None, [cpu_node]), 4, 1)
+
+
+def test_ranges_follow_the_field_type_and_constraints_judge_measured_points() -> None:
+    from mmedge.recipe import load_recipe
+    from mmedge.sweep.driver import outside
+    from mmedge.sweep.space import normalized, parse_grid
+    from mmedge.sweep.spec import Constraints
+
+    recipe = load_recipe(REFERENCE)
+    space = normalized(parse_grid(["prune.recover.temperature=1..8", "bench.iterations=10..90"]),
+                       recipe)  # fmt: skip
+    assert space["prune.recover.temperature"].integer is False  # type: ignore[union-attr]
+    assert space["bench.iterations"].integer is True  # type: ignore[union-attr]
+    limits = Constraints(max_latency_ms=1.0, min_accuracy=90)
+    assert outside({"p50_ms": 0.5, "accuracy": 95}, limits) is None
+    assert "max_latency_ms" in (outside({"p50_ms": 1.5, "accuracy": 95}, limits) or "")
+    assert "min_accuracy" in (outside({"p50_ms": 0.5, "accuracy": 80}, limits) or "")
 
 
 def test_front_recipe_pins_the_isa_and_one_variant() -> None:

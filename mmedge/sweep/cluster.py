@@ -133,19 +133,15 @@ def check_nodes(cluster: Cluster, paths: list[Path]) -> None:
             )
 
 
-def check_fits(cluster: Cluster, cpus: float, memory_gb: float, gpus: int = 0) -> None:
-    """A task no node can hold would wait forever: refuse it now."""
-    if gpus and not any(float(n["resources"].get("GPU", 0)) >= gpus for n in cluster.nodes):
-        raise ClusterError(
-            "prune.recover.device is 'cuda', but no node of the Ray cluster has a GPU",
-            hint="join a cluster with GPU nodes (--address), or distil on the CPU "
-            "(--set prune.recover.device=cpu)",
-        )
-    fits = [
-        n for n in cluster.nodes
-        if float(n["resources"].get("CPU", 0)) >= cpus
-        and float(n["resources"].get("memory", 0)) >= memory_gb * 2**30
-    ]  # fmt: skip
+def check_fits(cluster: Cluster, cpus: float, memory_gb: float) -> bool:
+    """A task no node can hold would wait forever: refuse it now. True when a node can hold
+    it with a GPU too (a prune that distils on CUDA asks for one)."""
+
+    def holds(n: dict[str, Any]) -> bool:
+        res = n["resources"]
+        return float(res.get("CPU", 0)) >= cpus and float(res.get("memory", 0)) >= memory_gb * 2**30
+
+    fits = [n for n in cluster.nodes if holds(n)]
     if not fits:
         largest = max(
             cluster.nodes, key=lambda n: float(n["resources"].get("CPU", 0)), default=None
@@ -161,3 +157,4 @@ def check_fits(cluster: Cluster, cpus: float, memory_gb: float, gpus: int = 0) -
             f"(sweep.resources); the largest has {have}",
             hint="lower sweep.resources.cpus / memory_gb, or add a larger node",
         )
+    return any(float(n["resources"].get("GPU", 0)) >= 1 for n in fits)

@@ -16,10 +16,11 @@ from typing import Any
 
 from mmedge.errors import ClusterError, DeviceError, OutputExistsError, RecipeError
 from mmedge.fleet.inventory import Device, get_device
+from mmedge.hashing import sha256_json
 from mmedge.recipe import Recipe, load_raw, load_recipe, with_overrides
 from mmedge.rundir import atomic_write_json, host, versions
 from mmedge.sweep.search import FAILED, GridSearch, OptunaSearch, Search
-from mmedge.sweep.space import Space, grid_trials, normalized, trial_recipe
+from mmedge.sweep.space import Space, grid_trials, normalized, normalized_sets, trial_recipe
 from mmedge.sweep.spec import Range, SweepConfig
 from mmedge.sweep.stages import LOCAL
 from mmedge.workspace import dir_lock
@@ -35,6 +36,7 @@ def prepare(
     checked space: every error here comes before a cluster starts."""
     from mmedge.quantize.isa import profile_name
 
+    sets = normalized_sets(sets, load_recipe(recipe_path))
     base = load_recipe(recipe_path, sets)
     try:
         cfg = base.sweep.merged(**flags)
@@ -50,6 +52,7 @@ def prepare(
         # Every worker builds for the CPU class measured here, whatever CPU it has itself.
         base = with_overrides(base, {"quantization.isa": profile_name("auto")})
     space = normalized(cfg.grid, base)
+    base = _without_on_device(base, space)
     if cfg.search == "grid":
         for trial in grid_trials(space, cfg.trials):  # a combination can be invalid alone
             trial_recipe(base, trial)
@@ -63,16 +66,34 @@ def prepare(
     return base, cfg, space
 
 
-def _some_trials(space: Space, cfg: SweepConfig) -> list[Any]:
-    """The grid's trials, or for Optuna one per value of a listed field (enough to see
-    whether any needs a GPU: a range never decides the device)."""
-    from mmedge.sweep.space import Trial
+def _without_on_device(base: Recipe, space: Space) -> Recipe:
+    """Targets built on the device (TensorRT engines) are not swept yet: their compare and
+    bench need the engine built there first, which `run --on` does and a sweep does not. Named
+    in the space, they are refused; among the recipe's own variants, left out."""
+    from mmedge.targets import target_spec
 
-    if cfg.search == "grid":
-        return grid_trials(space, cfg.trials)
-    return [Trial({f: v}) for f, vs in space.items() if isinstance(vs, list) for v in vs] or [
-        Trial({})
-    ]
+    def there(variant: str) -> bool:
+        return target_spec(variant.split("-")[0]).on_device
+
+    hint = "build and measure a TensorRT point with `mmedge run FRONT_RECIPE --on DEVICE`"
+    swept = space.get("run.variants")
+    if isinstance(swept, list):
+        named = sorted({v for value in swept for v in value if there(v)})
+        if named:
+            raise RecipeError(
+                f"mmedge sweep cannot sweep {', '.join(named)} yet: its engine is built on the "
+                "device, which a sweep does not do",
+                hint=hint,
+            )
+        return base
+    kept = [v for v in base.run.variants if not there(v)]
+    if not kept:
+        raise RecipeError(
+            f"the recipe's variants ({', '.join(base.run.variants)}) are all built on the "
+            "device, which a sweep does not do",
+            hint=hint,
+        )
+    return with_overrides(base, {"run.variants": kept}) if kept != base.run.variants else base
 
 
 def parse_devices(on: str | None) -> tuple[bool, list[Device]]:
@@ -97,7 +118,7 @@ def run_sweep(
     progress: Callable[[dict[str, Any], int, int], None],
 ) -> dict[str, Any]:
     from mmedge.sweep import cluster as ray_cluster
-    from mmedge.sweep.driver import Driver, gpus_for
+    from mmedge.sweep.driver import Driver
     from mmedge.sweep.store import Store
 
     base, cfg, space = prepare(recipe_path, sets, flags)
@@ -121,10 +142,7 @@ def run_sweep(
         started = ray_cluster.start(address, workers)
         try:
             ray_cluster.check_nodes(started, _paths(base, recipe_path, store.root))
-            gpus = max(
-                (gpus_for(trial_recipe(base, t)) for t in _some_trials(space, cfg)), default=0
-            )
-            ray_cluster.check_fits(started, cfg.resources.cpus, cfg.resources.memory_gb, gpus)
+            gpu = ray_cluster.check_fits(started, cfg.resources.cpus, cfg.resources.memory_gb)
             state["cluster"] = started.describe()
             search, carried = _search(space, cfg, old, state)
             slots = max(1, int(started.cpus // cfg.resources.cpus))
@@ -138,7 +156,7 @@ def run_sweep(
                 progress(result, distinct, search.total)
 
             driver = Driver(search, base, recipe_path.resolve(), cfg, directory, store,
-                            devices, local, on_trial, capacity)  # fmt: skip
+                            devices, local, on_trial, capacity, gpu, carried)  # fmt: skip
             state["status"] = "running"
             _save(directory, state, results)
             try:
@@ -217,6 +235,9 @@ def _state(
         "constraints": cfg.constraints.model_dump(),
         "resources": cfg.resources.model_dump(),
         "isa": base.quantization.isa,
+        # What decides the figures besides the space: a resumed Optuna search is told its old
+        # trials only when these are unchanged.
+        "recipe_sha256": sha256_json(base.model_dump(mode="json", exclude={"sweep"})),
         "devices": ([LOCAL] if local else []) + [d.name for d in devices],
         "directory": str(directory.resolve()),
         "cache": str(store.root),
@@ -236,7 +257,8 @@ def _search(
         return GridSearch(space, cfg.trials), []
     from mmedge.sweep.driver import objective_values
 
-    same = old is not None and all(old.get(k) == state[k] for k in ("space", "objectives"))
+    keys = ("space", "objectives", "constraints", "recipe_sha256")
+    same = old is not None and all(old.get(k) == state[k] for k in keys)
     if old is not None and same:
         same = all(old["search"].get(k) == state["search"][k] for k in ("kind", "sampler", "seed"))
     finished = [
@@ -244,6 +266,11 @@ def _search(
         if same and t.get("state") in ("ok", "stopped", FAILED)
     ]  # fmt: skip
     carried = [dict(t, number=i) for i, t in enumerate(finished)]  # numbered without gaps
+    if old is not None and not same and old.get("trials"):
+        state["discarded"] = (
+            f"{len(old['trials'])} trials of the sweep started {old.get('started')}: its recipe, "
+            "space, objectives, constraints or sampler differ (their stages stay in the cache)"
+        )
     history = []
     for trial in carried:
         values = objective_values(trial, cfg.objectives)

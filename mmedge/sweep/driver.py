@@ -25,12 +25,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmedge.errors import ClusterError, MmedgeError
 from mmedge.fleet.inventory import Device
 from mmedge.recipe import Recipe
 from mmedge.sweep import stages
 from mmedge.sweep.search import FAILED, OK, STOPPED, Search
 from mmedge.sweep.space import Trial, trial_recipe
-from mmedge.sweep.spec import SweepConfig
+from mmedge.sweep.spec import Constraints, SweepConfig
 from mmedge.sweep.stages import LOCAL, LOCAL_CPU, StageSpec, SweepContext
 from mmedge.sweep.store import Store
 
@@ -73,13 +74,16 @@ class Driver:
         local: bool,
         on_trial: Callable[[dict[str, Any]], None],
         capacity: int,
+        gpu: bool = False,
+        carried: list[dict[str, Any]] | None = None,
     ) -> None:
         self.search, self.base, self.recipe_path, self.cfg = search, base, recipe_path, cfg
         self.directory, self.store, self.devices, self.local = directory, store, devices, local
         self.on_trial, self.capacity = on_trial, capacity
         self.active: list[TrialRun] = []
         self.parked: list[tuple[int, Trial]] = []
-        self.results: dict[str, dict[str, Any]] = {}  # trial id -> its result, once closed
+        # Trial id -> its result once closed (a resumed search's finished trials included).
+        self.results = {t["id"]: t for t in carried or [] if not t.get("repeat")}
         self.asked = 0
         self.exhausted = False
         self.tasks: dict[Any, str] = {}  # Ray ref -> key
@@ -88,6 +92,8 @@ class Driver:
         self.device_futures: dict[Future[dict[str, Any]], str] = {}
         self.pools = {d.name: ThreadPoolExecutor(1, f"sweep-{d.name}") for d in devices}
         self.counts = {"run": 0, "cached": 0, "shared": 0, "failed": 0}
+        self.failed: dict[str, dict[str, Any]] = {}  # key -> its failure, for this sweep
+        self.gpu = gpu
         self._remote: Any = None
 
     # --- the loop -----------------------------------------------------------------------
@@ -136,7 +142,22 @@ class Driver:
                 self.search.repeated()
                 self.parked.append((number, trial))
             else:
-                self.active.append(self._open(number, trial))
+                try:
+                    self.active.append(self._open(number, trial))
+                except MmedgeError as err:  # values valid alone, not together (Optuna's mixes)
+                    self._reject(number, trial, err)
+
+    def _reject(self, number: int, trial: Trial, err: MmedgeError) -> None:
+        """A trial whose recipe is invalid: failed, told, recorded; the sweep goes on."""
+        result = {
+            "number": number, "id": trial.id, "label": trial.label(),
+            "overrides": trial.overrides, "state": FAILED, "seconds": 0.0, "stages": {},
+            "points": [{"trial": trial.id, "variant": None, "device": LOCAL, "status": FAILED,
+                        "error": err.message, "exit_code": err.exit_code, "step": "recipe"}],
+        }  # fmt: skip
+        self.results[trial.id] = result
+        self.search.tell(number, None, FAILED)
+        self.on_trial(result)
 
     def _repeat(self, number: int, trial: Trial) -> None:
         """A trial the search asked for twice (samplers do): the same figures, told again."""
@@ -220,6 +241,16 @@ class Driver:
             self._record(stage, stages.failure(err, name, time.perf_counter(), "-"), None)
             return True
         run.keys[name] = key
+        if key in self.failed:  # failed for another trial: the same inputs fail the same way
+            self._record(stage, self.failed[key], key)
+            return True
+        gpus = gpus_for(run.recipe) if name == "prune" else 0
+        if gpus and not self.gpu:  # Ray would hold the task forever
+            self._record(stage, stages.failure(ClusterError(
+                "prune.recover.device is 'cuda', but no node of the Ray cluster has a GPU",
+                hint="join a cluster with GPU nodes (--address), or distil on the CPU "
+                "(prune.recover.device: cpu)"), name, time.perf_counter(), "-"), None)  # fmt: skip
+            return True
         done = self.store.get(key)
         if done is not None:
             self.counts["cached"] += 1
@@ -237,11 +268,7 @@ class Driver:
                 str(self.store.root), run.keys.get("prune") if kind != "prune" else None,
                 run.keys.get(f"build:{name.partition(':')[2]}") if kind == "compare" else None,
             )  # fmt: skip
-            self.tasks[
-                self._task(kind, gpus=gpus_for(run.recipe) if kind == "prune" else 0).remote(
-                    spec, key
-                )
-            ] = key
+            self.tasks[self._task(kind, gpus).remote(spec, key)] = key
         elif stage.device == LOCAL:
             self.measure.append(stage)
         else:
@@ -272,7 +299,10 @@ class Driver:
         self._finish(key, record)
 
     def _on_device(self, stage: Stage, key: str) -> dict[str, Any]:
-        return self._execute(stage, key)
+        if not self.local:
+            return self._execute(stage, key)
+        with LOCAL_CPU:  # its pushes and reference recordings load this machine's CPU
+            return self._execute(stage, key)
 
     def _execute(self, stage: Stage, key: str) -> dict[str, Any]:
         """A measurement stage, in the trial's directory (its artifact linked there)."""
@@ -282,11 +312,12 @@ class Driver:
             ctx = self._context(run, name)
             step = stages.make_step(name, ctx, self._device(stage.device))
             summary = step.action()
+            record = {"step": name, "summary": summary, "node": stage.device,
+                      "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
+            # A result the device could not save here (a full disk) is no result.
+            self.store.put(key, run.directory, stages.units(name, stage.device), record)
         except Exception as err:
             return stages.failure(err, name, started, stage.device)
-        record = {"step": name, "summary": summary, "node": stage.device,
-                  "seconds": round(time.perf_counter() - started, 2)}  # fmt: skip
-        self.store.put(key, run.directory, stages.units(name, stage.device), record)
         return {**record, "status": OK, "cached": False}
 
     # --- results -------------------------------------------------------------------------
@@ -306,7 +337,11 @@ class Driver:
         else:
             time.sleep(0.05)
         for future in [f for f in self.device_futures if f.done()]:
-            self._finish(self.device_futures.pop(future), future.result())
+            key = self.device_futures.pop(future)
+            error = future.exception()
+            if error is not None:  # not a stage's error (those are records): Ctrl-C, a bug
+                raise error
+            self._finish(key, future.result())
 
     def _finish(self, key: str, record: dict[str, Any]) -> None:
         waiters = self.waiting.pop(key, [])
@@ -316,6 +351,7 @@ class Driver:
             self.counts["cached"] += 1  # a retried task that found its stage published
         else:
             self.counts["failed"] += 1
+            self.failed[key] = record
         for stage in waiters:
             self._record(stage, record, key)
 
@@ -326,7 +362,11 @@ class Driver:
             return
         # Linked into the trial directory as they finish: later measurements here read the
         # artifact there, and a user finds every trial's artifacts under trials/ID/.
-        self.store.materialize(key, run.directory)
+        try:
+            self.store.materialize(key, run.directory)
+        except OSError as err:  # a full disk, an entry deleted by hand: this stage fails
+            run.records[name] = stages.failure(err, name, time.perf_counter(), "-")
+            return
         summary = record.get("summary") or {}
         kind, _, variant = name.partition(":")
         limits = self.cfg.constraints
@@ -353,7 +393,7 @@ class Driver:
 
     def _close(self, run: TrialRun) -> None:
         self.active.remove(run)
-        result = trial_result(run, self.devices, self.local)
+        result = trial_result(run, self.devices, self.local, self.cfg.constraints)
         self.results[run.trial.id] = result
         self.search.tell(run.number, objective_values(result, self.cfg.objectives), result["state"])
         self.on_trial(result)
@@ -393,7 +433,20 @@ def _ray_error(err: Exception) -> Exception:
     )
 
 
-def trial_result(run: TrialRun, devices: list[Device], local: bool) -> dict[str, Any]:
+def outside(point: dict[str, Any], limits: Constraints) -> str | None:
+    """Why a measured point is outside the constraints (a device's own accuracy and latency:
+    the early stop only saw this machine's accuracy)."""
+    p50, acc = point.get("p50_ms"), point.get("accuracy")
+    if limits.max_latency_ms is not None and p50 is not None and p50 > limits.max_latency_ms:
+        return f"p50 {p50:.3f} ms > max_latency_ms {limits.max_latency_ms}"
+    if limits.min_accuracy is not None and acc is not None and acc < limits.min_accuracy:
+        return f"accuracy {acc:.2f}% < min_accuracy {limits.min_accuracy}"
+    return None
+
+
+def trial_result(
+    run: TrialRun, devices: list[Device], local: bool, limits: Constraints
+) -> dict[str, Any]:
     """The trial as sweep.json keeps it: its stages, and a point per variant and device."""
     names = ([LOCAL] if local else []) + [d.name for d in devices]
     points = []
@@ -421,6 +474,8 @@ def trial_result(run: TrialRun, devices: list[Device], local: bool) -> dict[str,
                              exit_code=failed.get("exit_code"))  # fmt: skip
             elif v in run.stopped:
                 point.update(status=STOPPED, reason=run.stopped[v])
+            elif (why := outside(point, limits)) is not None:
+                point.update(status=STOPPED, reason=why)
             else:
                 point["status"] = OK
             points.append(point)

@@ -10,6 +10,7 @@ import itertools
 import types
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Union
 
 import yaml
@@ -118,7 +119,7 @@ def parse_values(text: str) -> list[Any] | Range:
         item = item.strip()
         if not item:
             raise RecipeError(f"{text!r} has an empty value; expected V1,V2,... or LOW..HIGH")
-        values.append(yaml.safe_load(item))
+        values.append(_yaml(item, "a sweep value"))
     return values
 
 
@@ -142,8 +143,19 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         field, sep, text = item.partition("=")
         if not sep or not field.strip():
             raise RecipeError(f"--set {item!r}: expected FIELD=VALUE")
-        sets[field.strip()] = yaml.safe_load(text) if text.strip() else None
+        sets[field.strip()] = _yaml(text, f"--set {field.strip()}") if text.strip() else None
     return sets
+
+
+def normalized_sets(sets: dict[str, Any], recipe: Recipe) -> dict[str, Any]:
+    """--set values as --grid values are: a list field takes one item, a path is absolute."""
+    out = {}
+    for field, value in sets.items():
+        annotation = field_annotation(field, recipe)
+        if _is_list(annotation) and value is not None:
+            value = _as_list(value)
+        out[field] = absolute(value) if annotation is Path else value
+    return out
 
 
 def normalized(space: Space, recipe: Recipe) -> Space:
@@ -158,18 +170,40 @@ def normalized(space: Space, recipe: Recipe) -> Space:
                     f"sweep field {field!r} takes {getattr(annotation, '__name__', annotation)} "
                     f"values, not a range {values.low}..{values.high}; list them instead"
                 )
+            if annotation is int and not all(
+                float(v).is_integer() for v in (values.low, values.high, values.step or 1)
+            ):
+                raise RecipeError(
+                    f"sweep field {field!r} takes integers; the range {values.low}..{values.high} "
+                    "(and its step) must be whole numbers"
+                )
             for end in (values.low, values.high):
                 _check(recipe, {field: int(end) if annotation is int else end})
-            out[field] = values
+            out[field] = values.model_copy(update={"as_int": annotation is int})
             continue
         if _is_list(annotation):
             values = [_as_list(v) for v in values]
+        if annotation is Path:  # relative to where the command runs, not to each worker's
+            values = [absolute(v) for v in values]
         for value in values:
             _check(recipe, {field: value})
         if len({sha256_json(v) for v in values}) != len(values):
             raise RecipeError(f"sweep field {field!r} lists a value twice: {values}")
         out[field] = values
     return out
+
+
+def absolute(value: Any) -> Any:
+    if isinstance(value, str) and value:
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+def _yaml(text: str, what: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise RecipeError(f"{what}: {text!r} is not a YAML value ({err})") from None
 
 
 def _as_list(value: Any) -> list[Any]:

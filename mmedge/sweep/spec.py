@@ -23,6 +23,9 @@ class Range(StrictConfig):
     high: float
     step: Annotated[float, Field(gt=0)] | None = None
     log: bool = False
+    # Set from the field's type when the space is checked: an int field samples integers, a
+    # float field floats (whatever the ends look like).
+    as_int: bool | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Range:
@@ -30,10 +33,14 @@ class Range(StrictConfig):
             raise ValueError(f"a range needs low < high, got {self.low}..{self.high}")
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("a range is either stepped or logarithmic, not both")
         return self
 
     @property
     def integer(self) -> bool:
+        if self.as_int is not None:
+            return self.as_int
         return (
             float(self.low).is_integer()
             and float(self.high).is_integer()

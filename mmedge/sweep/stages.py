@@ -27,8 +27,9 @@ from mmedge.run.steps import RunContext, Step
 from mmedge.sweep.store import Store
 
 LOCAL = "local"  # the device name of the machine that runs the sweep
-# Held while this machine measures latency, and while a device's PyTorch reference is recorded
-# here (a busy CPU here would be in the local figure).
+# Held while this machine measures latency, and by a device's stage (its pushes hash and
+# encrypt here, its compare records the PyTorch reference here) when this machine is measured
+# too: a busy CPU here would be in the local figure.
 LOCAL_CPU = threading.Lock()
 
 
@@ -119,14 +120,48 @@ def make_step(name: str, ctx: SweepContext, device: Device | None = None) -> Ste
         step.action = lambda: _compare(ctx, variant)
         return step
     if kind == "bench":
-        return steps._bench_step(ctx, variant, None)
+        step = steps._bench_step(ctx, variant, None)
+        step.action = lambda: _bench(ctx, variant)
+        return step
     assert device is not None, name
     needs: list[str] = []
     if kind.startswith("compare@"):
         step = devices._remote_compare_step(ctx, device, variant, needs)
         step.action = lambda: _compare_on(ctx, device, variant)
         return step
-    return devices._remote_bench_step(ctx, device, variant, needs)
+    step = devices._remote_bench_step(ctx, device, variant, needs)
+    step.action = lambda: _bench_on(ctx, device, variant)
+    return step
+
+
+# A built artifact serves every trial that builds the same thing, but carries the recipe of the
+# trial that built it: measurements take the settings of the trial they are for (its key's).
+def _bench(ctx: SweepContext, variant: str) -> dict[str, Any]:
+    from mmedge.artifacts import bench_artifact
+    from mmedge.rundir import atomic_write_json
+
+    directory = ctx.artifact(variant)
+    settings = {**ctx.recipe.bench.model_dump(), "profile": True}
+    result = bench_artifact(directory, settings).to_json()
+    atomic_write_json(directory / "bench-run.json", result)
+    return {"p50_ms": result["latency_ms"]["p50"]}
+
+
+def bench_flags(ctx: SweepContext) -> list[str]:
+    """The trial's bench settings as `mmedge bench` flags, for the device's mmedge."""
+    cfg = ctx.recipe.bench
+    flags = ["--warmup", str(cfg.warmup), "--iterations", str(cfg.iterations), "--batch",
+             str(cfg.batch), "--threads", str(cfg.threads), "--shape", cfg.shape, "--mode",
+             cfg.mode, "--profile"]  # fmt: skip
+    return flags + (["--duration", str(cfg.duration_s)] if cfg.duration_s else [])
+
+
+def _bench_on(ctx: SweepContext, device: Device, variant: str) -> dict[str, Any]:
+    from mmedge.fleet.commands import bench_on
+    from mmedge.fleet.remote import Remote
+
+    result = bench_on(Remote(device), ctx.artifact(variant), bench_flags(ctx))
+    return {"p50_ms": result["latency_ms"]["p50"], "warnings": result["warnings"]}
 
 
 def stage_key(name: str, ctx: SweepContext, device: Device | None = None) -> str:
@@ -136,8 +171,9 @@ def stage_key(name: str, ctx: SweepContext, device: Device | None = None) -> str
 def _compare(ctx: SweepContext, variant: str) -> dict[str, Any]:
     from mmedge.artifacts import compare_artifact
 
+    ev = ctx.effective().eval
     report = compare_artifact(ctx.artifact(variant), samples=ctx.recipe.run.compare_samples,
-                              parity=False)  # fmt: skip
+                              parity=False, eval_path=ev.path if ev else None)  # fmt: skip
     return figures(report.to_json())
 
 
@@ -149,8 +185,7 @@ def _compare_on(ctx: SweepContext, device: Device, variant: str) -> dict[str, An
     directory = ctx.artifact(variant)
     samples = ctx.recipe.run.compare_samples
     with scratch_dir("reference") as tmp:
-        with LOCAL_CPU:
-            pack = Path(tmp) if reference_pack(directory, samples, Path(tmp)) else None
+        pack = Path(tmp) if reference_pack(directory, samples, Path(tmp)) else None
         return figures(compare_on(Remote(device), directory, samples, pack))
 
 

@@ -67,13 +67,19 @@ class Store:
             except OSError as err:
                 if err.errno not in (errno.EEXIST, errno.ENOTEMPTY):
                     raise
-                if self.get(key) is None:  # a broken entry (files deleted by hand): replace it
-                    broken = self.root / "tmp" / f"broken.{uuid.uuid4().hex[:8]}"
+                if self.get(key) is not None:
+                    return False
+                # A broken entry (files deleted by hand): moved aside, ours put in its place.
+                # Another worker may be doing the same: whoever loses a rename re-reads.
+                broken = self.root / "tmp" / f"broken.{uuid.uuid4().hex[:8]}"
+                try:
                     os.rename(self.entry(key), broken)
-                    shutil.rmtree(broken, ignore_errors=True)
                     os.rename(tmp, self.entry(key))
-                    return True
-                return False
+                except OSError:
+                    return False
+                finally:
+                    shutil.rmtree(broken, ignore_errors=True)
+                return True
             return True
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -84,12 +90,18 @@ class Store:
         if record is None:
             raise FileNotFoundError(f"no finished step {key[:12]} in {self.root}")
         for unit in record["units"]:
+            # Linked aside and swapped in: an interruption leaves the old unit or the new one,
+            # never an artifact directory with half its files.
             target = dest / unit
+            aside = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}")
+            _link_tree(self.entry(key) / unit, aside, read_only=False)
             if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
-                target.unlink()
-            _link_tree(self.entry(key) / unit, target, read_only=False)
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+                os.rename(target, old)
+                os.rename(aside, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(aside, target)
         return record
 
     def clean_tmp(self) -> None:
