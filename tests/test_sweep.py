@@ -293,11 +293,17 @@ def test_failing_and_stopped_trials_are_recorded_and_the_sweep_goes_on(tmp_path:
 
 
 @needs_ray
-def test_trials_share_one_pruned_model_and_keep_their_own_settings(tmp_path: Path) -> None:
-    """Quantization settings do not change a pruned model: one prune serves every trial, and
-    each trial's build still gets its own settings (not those of the trial that pruned)."""
-    recipe = _tiny(tmp_path, {"prune": {"ratio": 0.5, "round_to": 2, "recover": {"mode": "none"}},
-                              "run": {"variants": ["onnxruntime-int8"]}})  # fmt: skip
+def test_a_real_architecture_shares_one_pruned_model_across_settings(tmp_path: Path) -> None:
+    """transformers' BERT (attention heads pruned) with a ViT: quantization settings do not
+    change a pruned model, so one prune serves both trials, and each trial's build still gets
+    its own settings (not those of the trial that pruned)."""
+    from tests.zoo import zoo_recipe
+
+    recipe = zoo_recipe("bert_vit_concat", tmp_path, {
+        "model.import_path": [str(REPO)],
+        "prune": {"branches": {"text": 0.5}, "round_to": 2, "recover": {"mode": "none"}},
+        "run": {"variants": ["onnxruntime-int8"]},
+    })  # fmt: skip
     out = tmp_path / "out"
     grid = ["--grid", "quantization.per_channel=true,false", "--objective", "accuracy,size"]
     result = sweep(str(recipe), *grid, "--workers", "2", "-o", str(out))
@@ -305,17 +311,15 @@ def test_trials_share_one_pruned_model_and_keep_their_own_settings(tmp_path: Pat
     data = read(out)
     first, second = data["trials"]
     assert first["stages"]["prune"]["key"] == second["stages"]["prune"]["key"]
-    assert (
-        first["stages"]["build:onnxruntime-int8"]["key"]
-        != second["stages"]["build:onnxruntime-int8"]["key"]
-    )
+    assert data["counts"]["run"] == 1 + 2 + 2  # one prune; a build and a compare per trial
+    builds = [t["stages"]["build:onnxruntime-int8"]["key"] for t in data["trials"]]
+    assert builds[0] != builds[1]
     for trial in data["trials"]:
         manifest = json.loads((Path(trial["points"][0]["artifact"]) / "manifest.json").read_text())
-        assert (
-            manifest["recipe"]["quantization"]["per_channel"]
-            == trial["overrides"]["quantization.per_channel"]
-        )
+        quantization = manifest["recipe"]["quantization"]
+        assert quantization["per_channel"] == trial["overrides"]["quantization.per_channel"]
         assert manifest["recipe"]["model"]["weights"].endswith("pruned.safetensors")
+        assert trial["points"][0]["status"] == "ok"
 
 
 @pytest.mark.parametrize(
